@@ -1,0 +1,260 @@
+"""The ``communs`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import communs
+from communs.core import addresses, migrate, service
+from communs.core.db import Database
+from communs.core.i18n import gettext as _
+from communs.core.models import Role
+from communs.core.service import InvalidInput
+from communs.core.settings import Settings, load_settings
+
+app = typer.Typer(help="Communs: the open platform of the shared smart city.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+commune_app = typer.Typer(help="Communes (tenants) and their addresses.", no_args_is_help=True)
+user_app = typer.Typer(help="Accounts.", no_args_is_help=True)
+apikey_app = typer.Typer(help="API keys for machines.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(commune_app, name="commune")
+app.add_typer(user_app, name="user")
+app.add_typer(apikey_app, name="apikey")
+
+console = Console(stderr=True)
+out = Console()
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder of the SQLite file, uploads and secret key.",
+        envvar="COMMUNS_DATA_DIR",
+    ),
+]
+
+
+def _open(data_dir: Path | None) -> tuple[Settings, Database]:
+    settings = load_settings(data_dir)
+    migrate.upgrade(settings.database_url)
+    return settings, Database(settings.database_url)
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]Erreur :[/] {error}")
+    raise typer.Exit(2)
+
+
+def _commune(db: Database, slug: str) -> Any:
+    with db.read() as session:
+        commune = service.commune_by_slug(session, slug)
+    if commune is None:
+        _fail(InvalidInput(_("Aucune commune n'a l'identifiant « {slug} ».").format(slug=slug)))
+    return commune
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(f"communs {communs.__version__}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: DataDir = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Create the demo territory.")] = False,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines.")] = False,
+) -> None:
+    """Serve the site and run the background services in one process."""
+    import uvicorn
+
+    from communs.core.logs import configure_logging
+    from communs.core.web import create_app
+
+    settings = load_settings(data_dir)
+    log_config = configure_logging(log_json or settings.log_json)
+    migrate.upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    if demo:
+        from communs.demo.service import ensure_demo
+
+        credentials = ensure_demo(db, settings)
+        out.print("[bold]Démo / demo[/]")
+        out.print_json(json.dumps(credentials, ensure_ascii=False))
+        out.print(f"Identifiants enregistrés dans {settings.data_dir / 'demo-credentials.json'}")
+    out.print(f"Communs {communs.__version__} : http://{host}:{port}/")
+    application = create_app(settings, db, run_jobs=True)
+    uvicorn.run(application, host=host, port=port, log_config=log_config, access_log=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Bring the database schema to the latest migration (a no-op when current)."""
+    settings = load_settings(data_dir)
+    migrate.upgrade(settings.database_url)
+    out.print(_("Schéma à jour."))
+
+
+@commune_app.command("create")
+def commune_create(
+    name: Annotated[str, typer.Option(help="Name, e.g. 'Tours'.")],
+    insee: Annotated[str, typer.Option("--insee", help="INSEE code, e.g. 37261.")],
+    slug: Annotated[
+        str | None, typer.Option(help="URL identifier (from the name if absent).")
+    ] = None,
+    boundary: Annotated[Path | None, typer.Option(help="GeoJSON file of the boundary.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a commune with the default services."""
+    _settings, db = _open(data_dir)
+    try:
+        geometry = json.loads(boundary.read_text()) if boundary else None
+        commune = db.write(
+            service.create_commune,
+            slug=slug or service.slugify(name),
+            name=name,
+            insee_code=insee,
+            boundary=geometry,
+        )
+    except (InvalidInput, json.JSONDecodeError, OSError) as error:
+        _fail(error)
+    out.print(_("Commune créée : {name} ({slug})").format(name=commune.name, slug=commune.slug))
+
+
+@commune_app.command("list")
+def commune_list(data_dir: DataDir = None) -> None:
+    """List the communes."""
+    _settings, db = _open(data_dir)
+    table = Table("slug", "name", "insee", "services")
+    with db.read() as session:
+        for commune in service.list_communes(session):
+            table.add_row(
+                commune.slug,
+                commune.name,
+                commune.insee_code,
+                str(len(service.list_services(session, commune.id))),
+            )
+    out.print(table)
+
+
+@commune_app.command("import-addresses")
+def commune_import_addresses(
+    file: Annotated[
+        Path, typer.Argument(help="Base Adresse Locale CSV file.", exists=True, dir_okay=False)
+    ],
+    commune: Annotated[str, typer.Option("--commune", help="Slug of the commune.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Replace a commune's addresses with a Base Adresse Locale file."""
+    _settings, db = _open(data_dir)
+    target = _commune(db, commune)
+    content = file.read_bytes()
+    total_lines = max(content.count(b"\n"), 1)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        reading = progress.add_task(_("Lecture"), total=total_lines)
+        try:
+            parsed = addresses.parse_bal(
+                content, target, lambda done: progress.update(reading, completed=done)
+            )
+        except InvalidInput as error:
+            progress.stop()
+            _fail(error)
+        progress.update(reading, completed=total_lines)
+        writing = progress.add_task(_("Enregistrement"), total=max(len(parsed.rows), 1))
+        imported = db.write(
+            addresses.replace_addresses,
+            target.id,
+            parsed.rows,
+            lambda done: progress.update(writing, completed=done),
+        )
+        progress.update(writing, completed=max(len(parsed.rows), 1))
+    for line in addresses.iter_errors_text(parsed.errors):
+        console.print(f"[yellow]{line}[/]")
+    out.print(
+        _("{imported} adresses importées, {rejected} lignes rejetées.").format(
+            imported=imported, rejected=len(parsed.errors)
+        )
+    )
+
+
+@user_app.command("create")
+def user_create(
+    email: Annotated[str, typer.Option(help="E-mail address (the login).")],
+    name: Annotated[str, typer.Option(help="Full name.")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="COMMUNS_NEW_USER_PASSWORD",
+        ),
+    ],
+    instance_admin: Annotated[bool, typer.Option("--instance-admin")] = False,
+    commune: Annotated[
+        str | None, typer.Option(help="Slug of a commune to give a role in.")
+    ] = None,
+    role: Annotated[Role, typer.Option(help="Role in that commune.")] = Role.AGENT,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an account, optionally with a role in one commune."""
+    _settings, db = _open(data_dir)
+    target = _commune(db, commune) if commune else None
+
+    def unit(session: Any) -> Any:
+        user = service.create_user(
+            session, email=email, name=name, password=password, is_instance_admin=instance_admin
+        )
+        if target is not None:
+            service.grant_role(session, user_id=user.id, commune_id=target.id, role=role)
+        return user
+
+    try:
+        user = db.write(unit)
+    except InvalidInput as error:
+        _fail(error)
+    out.print(_("Compte créé : {email}").format(email=user.email))
+
+
+@apikey_app.command("create")
+def apikey_create(
+    commune: Annotated[str, typer.Option(help="Slug of the commune the key belongs to.")],
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    scope: Annotated[
+        list[str], typer.Option(help=f"Capability, repeatable: {', '.join(service.API_SCOPES)}.")
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key; the secret is printed once."""
+    _settings, db = _open(data_dir)
+    target = _commune(db, commune)
+    try:
+        issued = db.write(service.create_api_key, commune_id=target.id, name=name, scopes=scope)
+    except InvalidInput as error:
+        _fail(error)
+    out.print(issued.secret)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="communs")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Core: settings, database, tenancy, accounts, events, jobs, addresses, web shell."""

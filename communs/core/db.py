@@ -1,0 +1,198 @@
+"""Database access: one code path for SQLite and PostgreSQL.
+
+On SQLite (the embedded default) the file runs in WAL mode with foreign keys on;
+readers use a pool of connections in parallel while every write goes through a
+single writer connection fed by a queue, which is how SQLite stays fast and never
+answers "database is locked" to a request. On PostgreSQL, writes simply run on a
+pooled connection in the calling thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import datetime as dt
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+T = TypeVar("T")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on both SQLite and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy issue BEGIN itself (pysqlite's implicit transactions misbehave).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        # The writer takes the write lock up front so that a transaction never fails
+        # half-way when another process (the CLI) writes to the same file.
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+
+def make_engine(url: str, *, writer: bool = False) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=1 if writer else 8,
+            max_overflow=0 if writer else 8,
+        )
+        _configure_sqlite(engine, writer=writer)
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+class _WriterThread(threading.Thread):
+    """Owns the one SQLite write connection; runs queued units of work in order."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        super().__init__(name="communs-sqlite-writer", daemon=True)
+        self.sessions = sessions
+        self.work: queue.Queue[tuple[Callable[[Session], Any], Future[Any]] | None] = queue.Queue()
+
+    def run(self) -> None:
+        while True:
+            item = self.work.get()
+            if item is None:
+                return
+            unit, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                with self.sessions.begin() as session:
+                    result = unit(session)
+            except BaseException as error:  # noqa: BLE001 - handed back to the caller
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+
+class Database:
+    """Readers in parallel, writes through one queue on SQLite."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.engine = make_engine(url)
+        self.read_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer: _WriterThread | None = None
+        self._write_lock = threading.Lock()
+        if self.is_sqlite:
+            self.write_engine = make_engine(url, writer=True)
+        else:
+            self.write_engine = self.engine
+        self.write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only session; nothing it does is committed."""
+        session = self.read_sessions()
+        try:
+            yield session
+        finally:
+            # close() ends the transaction without expiring what was loaded.
+            session.close()
+
+    def write(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``unit(session, *args, **kwargs)`` in one transaction and commit it.
+
+        An exception rolls the whole unit back and is raised to the caller.
+        """
+
+        # The unit runs with the caller's context (its language, for messages).
+        context = contextvars.copy_context()
+
+        def bound(session: Session) -> T:
+            return context.run(unit, session, *args, **kwargs)
+
+        if not self.is_sqlite:
+            with self.write_sessions.begin() as session:
+                return bound(session)
+        writer = self._ensure_writer()
+        if threading.current_thread() is writer:
+            raise RuntimeError("Database.write() called from inside a write unit")
+        future: Future[T] = Future()
+        writer.work.put((bound, future))
+        return future.result()
+
+    async def awrite(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(self.write, unit, *args, **kwargs)
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def _ensure_writer(self) -> _WriterThread:
+        with self._write_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = _WriterThread(self.write_sessions)
+                self._writer.start()
+            return self._writer
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._writer is not None and self._writer.is_alive():
+                self._writer.work.put(None)
+                self._writer.join(timeout=10)
+            self._writer = None
+        self.engine.dispose()
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose()

@@ -1,0 +1,62 @@
+"""Schema migrations: every capability package may hold ``migrations/versions``."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+import communs
+
+CORE_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def capability_packages() -> list[str]:
+    return [info.name for info in pkgutil.iter_modules(communs.__path__, "communs.") if info.ispkg]
+
+
+def import_all_models() -> None:
+    """Import every ``communs.<capability>.models`` so Base.metadata knows all tables."""
+    for name in capability_packages():
+        try:
+            importlib.import_module(f"{name}.models")
+        except ModuleNotFoundError as error:
+            if error.name != f"{name}.models":
+                raise
+
+
+def version_locations() -> list[str]:
+    root = Path(communs.__file__).parent
+    return sorted(str(path) for path in root.glob("*/migrations/versions") if path.is_dir())
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(CORE_MIGRATIONS))
+    config.set_main_option("version_locations", " ".join(version_locations()))
+    config.set_main_option("path_separator", "space")
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(database_url: str) -> None:
+    command.upgrade(alembic_config(database_url), "heads")
+
+
+def head_revisions(database_url: str) -> set[str]:
+    return set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+
+
+def current_revisions(engine: Engine) -> set[str]:
+    with engine.connect() as connection:
+        return set(MigrationContext.configure(connection).get_current_heads())
+
+
+def is_current(engine: Engine, database_url: str) -> bool:
+    return current_revisions(engine) == head_revisions(database_url)
