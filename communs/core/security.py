@@ -61,9 +61,9 @@ def check_password_strength(password: str, email: str = "") -> None:
                 "minuscules, majuscules, chiffres et symboles (ou compter 20 caractères)."
             )
         )
-    local_part = email.split("@", 1)[0].lower()
+    name_parts = re.split(r"[._+-]", email.split("@", 1)[0].lower())
     lowered = password.lower()
-    if lowered in COMMON_PASSWORDS or (len(local_part) >= 4 and local_part in lowered):
+    if lowered in COMMON_PASSWORDS or any(len(p) >= 4 and p in lowered for p in name_parts):
         raise WeakPassword(_l("Ce mot de passe est trop facile à deviner."))
 
 
