@@ -10,23 +10,32 @@ from communs.core.models import Address
 from communs.core.service import InvalidInput
 from conftest import make_commune
 
-HEADER = ("uid_adresse;cle_interop;commune_insee;commune_nom;commune_deleguee_insee;"
-          "commune_deleguee_nom;voie_nom;lieudit_complement_nom;numero;suffixe;position;x;y;"
-          "long;lat;cad_parcelles;source;date_der_maj;certification_commune")
+HEADER = (
+    "uid_adresse;cle_interop;commune_insee;commune_nom;commune_deleguee_insee;"
+    "commune_deleguee_nom;voie_nom;lieudit_complement_nom;numero;suffixe;position;x;y;"
+    "long;lat;cad_parcelles;source;date_der_maj;certification_commune"
+)
 
 
 def bal_row(key, street, number, lon, lat, insee="37001", suffix=""):
-    return (f";{key};{insee};Alpha;;;{street};;{number};{suffix};entrée;;;{lon};{lat};;"
-            f"Commune;2026-01-01;1")
+    return (
+        f";{key};{insee};Alpha;;;{street};;{number};{suffix};entrée;;;{lon};{lat};;"
+        f"Commune;2026-01-01;1"
+    )
 
 
-GOOD = "\n".join([
-    HEADER,
-    bal_row("37001_0010_00001", "Rue de l'Église", 1, 0.851, 47.351),
-    bal_row("37001_0010_00003", "Rue de l'Église", 3, 0.852, 47.352, suffix="bis"),
-    bal_row("37001_0020_00002", "Avenue Émile Zola", 2, 0.860, 47.360),
-    bal_row("37001_0030_00005", "Place du Marché", 5, 0.870, 47.370),
-]) + "\n"
+GOOD = (
+    "\n".join(
+        [
+            HEADER,
+            bal_row("37001_0010_00001", "Rue de l'Église", 1, 0.851, 47.351),
+            bal_row("37001_0010_00003", "Rue de l'Église", 3, 0.852, 47.352, suffix="bis"),
+            bal_row("37001_0020_00002", "Avenue Émile Zola", 2, 0.860, 47.360),
+            bal_row("37001_0030_00005", "Place du Marché", 5, 0.870, 47.370),
+        ]
+    )
+    + "\n"
+)
 
 
 def imported(db, commune, content: str):
@@ -41,13 +50,16 @@ def test_import_search_and_reverse(client, db):
     assert not parsed.errors and len(parsed.rows) == 4
     body = client.get("/alpha/api/addresses", params={"q": "eglise"}).json()
     assert [f["properties"]["label"] for f in body["features"]] == [
-        "1 Rue de l'Église, Alpha", "3 bis Rue de l'Église, Alpha"]
+        "1 Rue de l'Église, Alpha",
+        "3 bis Rue de l'Église, Alpha",
+    ]
     # Accent-insensitive prefix search, several words.
     body = client.get("/alpha/api/addresses", params={"q": "EMI zol"}).json()
     assert body["features"][0]["properties"]["street"] == "Avenue Émile Zola"
     assert body["features"][0]["geometry"] == {"type": "Point", "coordinates": [0.86, 47.36]}
-    reverse = client.get("/alpha/api/addresses/reverse",
-                         params={"lon": 0.8701, "lat": 47.3701}).json()
+    reverse = client.get(
+        "/alpha/api/addresses/reverse", params={"lon": 0.8701, "lat": 47.3701}
+    ).json()
     nearest = reverse["features"][0]["properties"]
     assert nearest["label"] == "5 Place du Marché, Alpha" and nearest["distance"] < 20
 
@@ -57,8 +69,10 @@ def test_search_never_crosses_communes(client, db):
     beta = make_commune(db, "beta", "37002")
     imported(db, alpha, GOOD)
     imported(db, beta, GOOD.replace("37001", "37002").replace("Alpha", "Beta"))
-    labels = [f["properties"]["label"] for f in
-              client.get("/beta/api/addresses", params={"q": "rue"}).json()["features"]]
+    labels = [
+        f["properties"]["label"]
+        for f in client.get("/beta/api/addresses", params={"q": "rue"}).json()["features"]
+    ]
     assert labels and all(label.endswith("Alpha") is False for label in labels)
     with db.read() as session:
         assert all(a.commune_id == beta.id for a in addresses.search(session, beta.id, "rue"))
@@ -67,16 +81,21 @@ def test_search_never_crosses_communes(client, db):
 
 def test_bad_rows_reported_with_line_numbers_good_rows_kept(db):
     commune = make_commune(db)
-    content = "\n".join([
-        HEADER,
-        bal_row("37001_0010_00001", "Rue Haute", 1, 0.851, 47.351),
-        bal_row("37001_0010_00002", "Rue Haute", "deux", 0.851, 47.351),
-        bal_row("37001_0010_00003", "", 3, 0.851, 47.351),
-        bal_row("37001_0010_00004", "Rue Haute", 4, "abc", 47.351),
-        bal_row("37001_0010_00005", "Rue Haute", 5, 2.35, 48.85),
-        bal_row("37002_0010_00006", "Rue Haute", 6, 0.851, 47.351, insee="37002"),
-        bal_row("37001_0010_00007", "Rue Haute", 7, 0.852, 47.352),
-    ]) + "\n"
+    content = (
+        "\n".join(
+            [
+                HEADER,
+                bal_row("37001_0010_00001", "Rue Haute", 1, 0.851, 47.351),
+                bal_row("37001_0010_00002", "Rue Haute", "deux", 0.851, 47.351),
+                bal_row("37001_0010_00003", "", 3, 0.851, 47.351),
+                bal_row("37001_0010_00004", "Rue Haute", 4, "abc", 47.351),
+                bal_row("37001_0010_00005", "Rue Haute", 5, 2.35, 48.85),
+                bal_row("37002_0010_00006", "Rue Haute", 6, 0.851, 47.351, insee="37002"),
+                bal_row("37001_0010_00007", "Rue Haute", 7, 0.852, 47.352),
+            ]
+        )
+        + "\n"
+    )
     parsed = imported(db, commune, content)
     assert [error.line for error in parsed.errors] == [3, 4, 5, 6, 7]
     messages = [error.message for error in parsed.errors]
@@ -95,8 +114,7 @@ def test_bad_rows_reported_with_line_numbers_good_rows_kept(db):
         (b"", "vide"),
         ("nom,prénom\nDupont,Jean\n".encode(), "colonnes manquantes"),
         (HEADER.encode() + b"\n", "aucune adresse"),
-        ("cle_interop;voie_nom;numero;long;lat\n1;Rue é;1;0.85;47.35\n".encode("latin-1"),
-         "UTF-8"),
+        ("cle_interop;voie_nom;numero;long;lat\n1;Rue é;1;0.85;47.35\n".encode("latin-1"), "UTF-8"),
     ],
 )
 def test_malformed_bal_refused_whole_and_nothing_replaced(db, content, fragment):
@@ -111,22 +129,42 @@ def test_malformed_bal_refused_whole_and_nothing_replaced(db, content, fragment)
 def test_cli_import_reports_lines_and_progress(tmp_path: Path, database_url):
     file = tmp_path / "bal.csv"
     file.write_text(GOOD + bal_row("37001_0040_00001", "Rue Basse", "x", 0.85, 47.35) + "\n")
-    env = {"COMMUNS_DATABASE_URL": database_url, "COMMUNS_DATA_DIR": str(tmp_path),
-           "PATH": "/usr/bin:/bin", "COLUMNS": "250"}
+    env = {
+        "COMMUNS_DATABASE_URL": database_url,
+        "COMMUNS_DATA_DIR": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+        "COLUMNS": "250",
+    }
     run = [sys.executable, "-m", "communs"]
-    created = subprocess.run([*run, "commune", "create", "--name", "Alpha", "--insee", "37001"],
-                             env=env, capture_output=True, text=True)
+    created = subprocess.run(
+        [*run, "commune", "create", "--name", "Alpha", "--insee", "37001"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert created.returncode == 0, created.stderr
-    result = subprocess.run([*run, "commune", "import-addresses", str(file), "--commune",
-                             "alpha"], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [*run, "commune", "import-addresses", str(file), "--commune", "alpha"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "4 adresses importées, 1 lignes rejetées" in result.stdout
     assert "ligne 6" in result.stderr
     bad = tmp_path / "bad.csv"
     bad.write_text("a;b\n1;2\n")
-    refused = subprocess.run([*run, "commune", "import-addresses", str(bad), "--commune",
-                              "alpha"], env=env, capture_output=True, text=True)
+    refused = subprocess.run(
+        [*run, "commune", "import-addresses", str(bad), "--commune", "alpha"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert refused.returncode == 2 and "colonnes manquantes" in refused.stderr
-    invalid = subprocess.run([*run, "commune", "create", "--name", "Beta", "--insee", "99999"],
-                             env=env, capture_output=True, text=True)
+    invalid = subprocess.run(
+        [*run, "commune", "create", "--name", "Beta", "--insee", "99999"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert invalid.returncode == 2 and "Le code INSEE" in invalid.stderr

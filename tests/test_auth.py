@@ -6,8 +6,9 @@ def test_wrong_password_refused_right_one_accepted(client, db):
     commune = make_commune(db)
     make_agent(db, commune.id, "agent@example.org")
     token = csrf_from(client.get("/login").text)
-    wrong = client.post("/login", data={"email": "agent@example.org", "password": "nope",
-                                        "csrf_token": token})
+    wrong = client.post(
+        "/login", data={"email": "agent@example.org", "password": "nope", "csrf_token": token}
+    )
     assert wrong.status_code == 401
     assert "mot de passe incorrect" in wrong.text
     assert "communs_session" not in wrong.cookies
@@ -20,13 +21,17 @@ def test_repeated_failures_lock_the_account_even_with_the_right_password(client,
     make_agent(db, commune.id, "agent@example.org")
     token = csrf_from(client.get("/login").text)
     statuses = [
-        client.post("/login", data={"email": "agent@example.org", "password": f"bad{i}",
-                                    "csrf_token": token}).status_code
+        client.post(
+            "/login",
+            data={"email": "agent@example.org", "password": f"bad{i}", "csrf_token": token},
+        ).status_code
         for i in range(3)  # settings fixture: 3 failures lock
     ]
     assert statuses == [401, 401, 429]
-    locked = client.post("/login", data={"email": "agent@example.org",
-                                         "password": STRONG_PASSWORD, "csrf_token": token})
+    locked = client.post(
+        "/login",
+        data={"email": "agent@example.org", "password": STRONG_PASSWORD, "csrf_token": token},
+    )
     assert locked.status_code == 429
     assert "Trop de tentatives" in locked.text
 
@@ -38,8 +43,7 @@ def test_form_without_valid_csrf_token_is_refused_with_403(client, db):
     assert no_token.status_code == 403
     assert "jeton de sécurité" in no_token.text
     login(client, "maire@example.org")
-    forged = client.post("/alpha/admin/services", data={"name": "Piscine",
-                                                        "csrf_token": "0" * 64})
+    forged = client.post("/alpha/admin/services", data={"name": "Piscine", "csrf_token": "0" * 64})
     assert forged.status_code == 403
     missing = client.post("/alpha/admin/services", data={"name": "Piscine"})
     assert missing.status_code == 403
@@ -62,9 +66,15 @@ def test_login_next_is_never_an_open_redirect(client, db):
     commune = make_commune(db)
     make_agent(db, commune.id, "agent@example.org")
     token = csrf_from(client.get("/login").text)
-    response = client.post("/login", data={"email": "agent@example.org",
-                                           "password": STRONG_PASSWORD, "csrf_token": token,
-                                           "next": "//evil.example/"})
+    response = client.post(
+        "/login",
+        data={
+            "email": "agent@example.org",
+            "password": STRONG_PASSWORD,
+            "csrf_token": token,
+            "next": "//evil.example/",
+        },
+    )
     assert response.headers["location"] == "/"
 
 

@@ -449,9 +449,26 @@ def create_agent(
     role: str = Role.AGENT,
     service_id: int | None = None,
 ) -> User:
-    """A new agent account with a role in one commune, in one unit of work."""
+    """A new agent account with a role in one commune, and the welcome e-mail promised
+    in the same unit of work."""
+    from communs.core.mail import queue_email
+
     user = create_user(session, email=email, name=name, password=password)
     grant_role(session, user_id=user.id, commune_id=commune_id, role=role, service_id=service_id)
+    commune = get_commune(session, commune_id)
+    queue_email(
+        session,
+        to=user.email,
+        subject=str(_l("Votre compte Communs pour {commune}").format(commune=commune.name)),
+        body=str(
+            _l(
+                "Bonjour {name},\n\nUn compte d'agent a été ouvert pour vous sur Communs, "
+                "pour la commune de {commune}. Connectez-vous avec l'adresse {email} et le mot "
+                "de passe que votre administrateur vous a transmis.\n"
+            ).format(name=user.name, commune=commune.name, email=user.email)
+        ),
+        commune_id=commune_id,
+    )
     return user
 
 
