@@ -3,12 +3,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_commune
 from sqlalchemy import select
 
 from communs.core import addresses
 from communs.core.models import Address
 from communs.core.service import InvalidInput
-from conftest import make_commune
 
 HEADER = (
     "uid_adresse;cle_interop;commune_insee;commune_nom;commune_deleguee_insee;"

@@ -1,5 +1,6 @@
-from communs.core import service
 from conftest import STRONG_PASSWORD, csrf_from, login, make_agent, make_commune
+
+from communs.core import service
 
 
 def test_wrong_password_refused_right_one_accepted(client, db):

@@ -12,13 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
+from conftest import STRONG_PASSWORD, csrf_from, make_agent, make_commune
 from sqlalchemy import select
 
 from communs.core import jobs, service
 from communs.core.db import utcnow
 from communs.core.jobs import JobRunner, enqueue, job_handler
 from communs.core.models import Job, JobStatus
-from conftest import STRONG_PASSWORD, csrf_from, make_agent, make_commune
 
 DELIVERED: list[dict] = []
 
@@ -138,21 +138,22 @@ def start_serve(tmp_path: Path, database_url: str, http_port: int, smtp_port: in
         "COMMUNS_JOB_BACKOFF_SECONDS": "0.2",
         "COMMUNS_JOB_LEASE_SECONDS": "2",
     }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "communs",
-            "serve",
-            "--port",
-            str(http_port),
-            "--data-dir",
-            str(tmp_path),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "serve.log", "ab"),
-    )
+    with open(tmp_path / "serve.log", "ab") as log:  # the child keeps its own copy
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "communs",
+                "serve",
+                "--port",
+                str(http_port),
+                "--data-dir",
+                str(tmp_path),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
