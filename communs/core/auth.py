@@ -8,6 +8,7 @@ cannot forget its commune check.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from communs.core.models import ApiKey, Commune, Role, User
 
 SESSION_COOKIE = "communs_session"
 ACCESS_ATTRIBUTE = "__communs_access__"
+# "Last used" is kept to the minute: a write per request would slow every machine call.
+KEY_USE_RESOLUTION = dt.timedelta(minutes=1)
 
 
 class LoginRequired(Exception):
@@ -89,7 +92,9 @@ def load_principal(request: Request) -> Principal:
         if key is None:
             raise LoginRequired("invalid API key")
         principal.api_key = key
-        db.write(_touch_api_key, key.id)
+        now = utcnow()
+        if key.last_used_at is None or now - key.last_used_at > KEY_USE_RESOLUTION:
+            db.write(_touch_api_key, key.id, now)
     else:
         token = request.cookies.get(SESSION_COOKIE)
         if token:
@@ -103,10 +108,10 @@ def load_principal(request: Request) -> Principal:
     return principal
 
 
-def _touch_api_key(session: Any, key_id: int) -> None:
+def _touch_api_key(session: Any, key_id: int, now: dt.datetime) -> None:
     key = session.get(ApiKey, key_id)
     if key is not None:
-        key.last_used_at = utcnow()
+        key.last_used_at = now
 
 
 def _mark(policy: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -38,14 +38,6 @@ DEMO_BOUNDARY = {
         ]
     ],
 }
-DEMO_SCOPES = [
-    "addresses:read",
-    "communes:read",
-    "hub:read",
-    "hub:write",
-    "reports:read",
-    "reports:write",
-]
 CREDENTIALS_FILE = "demo-credentials.json"
 
 
@@ -88,7 +80,7 @@ def ensure_demo(db: Database, settings: Settings) -> dict[str, Any]:
         service.create_api_key,
         commune_id=commune.id,
         name="Clé de démonstration",
-        scopes=DEMO_SCOPES,
+        scopes=service.API_SCOPES,
     )
     credentials = {
         "commune": DEMO_SLUG,
