@@ -98,6 +98,31 @@ def serve(
     uvicorn.run(application, host=host, port=port, log_config=log_config, access_log=False)
 
 
+@app.command()
+def worker(
+    data_dir: DataDir = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines.")] = False,
+) -> None:
+    """Run the job runner alone, beside web processes (scale-out on PostgreSQL)."""
+    import asyncio
+    import importlib
+
+    from communs.core.jobs import JobRunner
+    from communs.core.logs import configure_logging
+
+    settings = load_settings(data_dir)
+    configure_logging(log_json or settings.log_json)
+    migrate.upgrade(settings.database_url)
+    importlib.import_module("communs.core.mail")
+    db = Database(settings.database_url)
+    try:
+        asyncio.run(JobRunner(db, settings).run_forever())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        db.close()
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = None) -> None:
     """Bring the database schema to the latest migration (a no-op when current)."""

@@ -275,15 +275,34 @@ def test_agent_sees_only_own_commune(page, server: Server) -> None:
 
 
 def test_no_axe_violations(page, server: Server) -> None:
-    for path in ("/", "/login", "/accessibilite", f"/{DEMO_SLUG}/"):
+    for path in (
+        "/",
+        "/login",
+        "/accessibilite",
+        "/mentions-legales",
+        "/donnees-personnelles",
+        f"/{DEMO_SLUG}/",
+    ):
         assert_no_axe_violations(page, path)
     log_in(page, server.admin_email, server.admin_password)
     for path in (
         "/admin/",
         "/admin/communes",
+        "/admin/communes/1",
         "/admin/users",
         "/admin/api-keys",
         "/admin/jobs",
         f"/{DEMO_SLUG}/admin/",
     ):
         assert_no_axe_violations(page, path)
+
+
+def test_pages_fit_a_phone_screen(page, server: Server) -> None:
+    page.set_viewport_size({"width": 360, "height": 740})
+    log_in(page, server.admin_email, server.admin_password)
+    for path in ("/", f"/{DEMO_SLUG}/", "/admin/users", f"/{DEMO_SLUG}/admin/"):
+        page.goto(path)
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px on a phone"

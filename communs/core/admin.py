@@ -3,16 +3,18 @@ and the commune admin (services, agents)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 
-from communs.core import jobs, service
+from communs.core import addresses, jobs, service
 from communs.core.auth import COMMUNE_ADMIN, CommuneContext, commune_access, instance_admin
 from communs.core.i18n import gettext as _
-from communs.core.models import Role
+from communs.core.models import Address, Role
 from communs.core.service import InvalidInput, NotFound
 from communs.core.web import redirect, render
 
@@ -86,6 +88,51 @@ def create_commune(
         return form_error(request, "core/admin/communes.html", context, error)
     return redirect(
         request, "/admin/communes", _("La commune {name} est créée.").format(name=commune.name)
+    )
+
+
+@router.get("/admin/communes/{commune_id}", response_class=HTMLResponse, dependencies=ADMIN)
+def commune_edit_page(request: Request, commune_id: int) -> HTMLResponse:
+    with request.app.state.db.read() as session:
+        try:
+            target = service.get_commune(session, commune_id)
+        except NotFound as error:
+            raise HTTPException(404) from error
+    form = {
+        "name": target.name,
+        "boundary": json.dumps(target.boundary) if target.boundary else "",
+    }
+    return render(
+        request,
+        "core/admin/commune_edit.html",
+        {"page_title": target.name, "target": target, "form": form},
+    )
+
+
+@router.post("/admin/communes/{commune_id}", dependencies=ADMIN)
+def commune_edit(
+    request: Request,
+    commune_id: int,
+    name: Annotated[str, Form()] = "",
+    boundary: Annotated[str, Form()] = "",
+) -> Response:
+    try:
+        target = request.app.state.db.write(
+            service.update_commune, commune_id, name=name, boundary=_parse_geojson(boundary)
+        )
+    except NotFound as error:
+        raise HTTPException(404) from error
+    except InvalidInput as error:
+        with request.app.state.db.read() as session:
+            target = service.get_commune(session, commune_id)
+        context = {
+            "page_title": target.name,
+            "target": target,
+            "form": {"name": name, "boundary": boundary},
+        }
+        return form_error(request, "core/admin/commune_edit.html", context, error)
+    return redirect(
+        request, "/admin/communes", _("La commune {name} est modifiée.").format(name=target.name)
     )
 
 
@@ -191,6 +238,27 @@ def grant_role(
     return redirect(request, "/admin/users", _("Le rôle est attribué."))
 
 
+@router.post("/admin/users/{user_id}/active", dependencies=ADMIN)
+def set_user_active(
+    request: Request, user_id: int, active: Annotated[bool, Form()] = False
+) -> Response:
+    if active is False and user_id == request.state.principal.user.id:
+        return redirect(
+            request,
+            "/admin/users",
+            _("Vous ne pouvez pas suspendre votre propre compte."),
+            kind="error",
+        )
+    try:
+        user = request.app.state.db.write(service.set_user_active, user_id, active)
+    except NotFound as error:
+        raise HTTPException(404) from error
+    message = (
+        _("Le compte {email} est rétabli.") if active else _("Le compte {email} est suspendu.")
+    )
+    return redirect(request, "/admin/users", message.format(email=user.email))
+
+
 @router.post("/admin/memberships/{membership_id}/delete", dependencies=ADMIN)
 def revoke_membership(
     request: Request, membership_id: int, commune_id: Annotated[int, Form()]
@@ -277,7 +345,9 @@ def _commune_admin_page(request: Request, context: CommuneContext, **extra: Any)
     with request.app.state.db.read() as session:
         services = service.list_services(session, context.commune_id)
         members = service.commune_members(session, context.commune_id)
+        address_count = service.count_rows(session, Address, commune_id=context.commune_id)
     return {
+        "address_count": address_count,
         "page_title": _("Administration de la commune"),
         "services": services,
         "members": members,
@@ -302,6 +372,19 @@ def add_service(
         page = _commune_admin_page(request, context, form={"service_name": name})
         return form_error(request, "core/commune_admin.html", page, error)
     return redirect(request, f"/{context.commune.slug}/admin/", _("Le service est ajouté."))
+
+
+@router.post("/{commune}/admin/services/{service_id}/rename")
+def rename_service(
+    request: Request, context: CommuneAdmin, service_id: int, name: Annotated[str, Form()] = ""
+) -> Response:
+    back = f"/{context.commune.slug}/admin/"
+    try:
+        request.app.state.db.write(service.rename_service, context.commune_id, service_id, name)
+    except (InvalidInput, NotFound) as error:
+        message = str(error) if isinstance(error, InvalidInput) else _("Service inconnu.")
+        return redirect(request, back, message, kind="error")
+    return redirect(request, back, _("Le service est renommé."))
 
 
 @router.post("/{commune}/admin/services/{service_id}/delete")
@@ -347,6 +430,62 @@ def add_agent(
         f"/{context.commune.slug}/admin/",
         _("L'agent {email} est ajouté.").format(email=email.strip().lower()),
     )
+
+
+BAL_CONTENT_TYPES = {
+    "text/csv",
+    "text/plain",
+    "application/vnd.ms-excel",
+    "application/octet-stream",
+    "",
+}
+
+
+@dataclass
+class BalReport:
+    imported: int = 0
+    errors: list[addresses.RowError] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def error_lines(self) -> list[str]:
+        return list(addresses.iter_errors_text(self.errors))
+
+
+async def _import_bal(request: Request, context: CommuneContext, upload: UploadFile) -> BalReport:
+    limit = request.app.state.settings.upload_max_bytes
+    content = await upload.read(limit + 1)
+    if len(content) > limit:
+        return BalReport(
+            error=_("Le fichier dépasse la taille maximale de {size} Mo.").format(
+                size=limit // (1024 * 1024)
+            )
+        )
+    name = (upload.filename or "").lower()
+    content_type = (upload.content_type or "").split(";")[0].strip()
+    if not name.endswith(".csv") or content_type not in BAL_CONTENT_TYPES:
+        return BalReport(error=_("Le fichier doit être un CSV (extension .csv)."))
+    try:
+        parsed = await asyncio.to_thread(addresses.parse_bal, content, context.commune)
+    except InvalidInput as error:
+        return BalReport(error=str(error))
+    imported = await request.app.state.db.awrite(
+        addresses.replace_addresses, context.commune_id, parsed.rows
+    )
+    return BalReport(imported=imported, errors=parsed.errors)
+
+
+@router.post("/{commune}/admin/addresses")
+async def import_addresses(
+    request: Request, context: CommuneAdmin, bal: Annotated[UploadFile, File()]
+) -> Response:
+    """Replace the commune's addresses with an uploaded Base Adresse Locale."""
+    report = await _import_bal(request, context, bal)
+    status = 422 if report.error else 200
+    if request.headers.get("hx-request") == "true":
+        return render(request, "core/bal_result.html", {"bal_report": report}, status_code=200)
+    page = await asyncio.to_thread(_commune_admin_page, request, context, bal_report=report)
+    return render(request, "core/commune_admin.html", page, status_code=status)
 
 
 @router.post("/{commune}/admin/members/{membership_id}/delete")

@@ -367,6 +367,17 @@ def set_password(session: Session, user_id: int, password: str) -> None:
     session.execute(delete(WebSession).where(WebSession.user_id == user_id))
 
 
+def set_user_active(session: Session, user_id: int, active: bool) -> User:
+    """Suspend or restore an account; suspending ends its open sessions."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id}")
+    user.is_active = active
+    if not active:
+        session.execute(delete(WebSession).where(WebSession.user_id == user_id))
+    return user
+
+
 def user_by_email(session: Session, email: str) -> User | None:
     return session.scalar(select(User).where(User.email == email.strip().lower()))
 

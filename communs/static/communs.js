@@ -1,0 +1,14 @@
+// Communs: small progressive enhancements (the pages work without this file).
+document.addEventListener("htmx:xhr:progress", (event) => {
+  const form = event.target.closest("form");
+  const bar = form && form.querySelector("progress");
+  if (bar && event.detail.lengthComputable) {
+    bar.hidden = false;
+    bar.value = Math.round((event.detail.loaded / event.detail.total) * 100);
+  }
+});
+document.addEventListener("htmx:afterRequest", (event) => {
+  const form = event.target.closest("form");
+  const bar = form && form.querySelector("progress");
+  if (bar) bar.hidden = true;
+});
