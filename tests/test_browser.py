@@ -306,3 +306,13 @@ def test_pages_fit_a_phone_screen(page, server: Server) -> None:
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, f"{path} scrolls sideways by {overflow}px on a phone"
+
+
+def test_address_field_suggests_addresses_as_one_types(page, server: Server) -> None:
+    page.goto(f"/{DEMO_SLUG}/")
+    page.locator("#address-query").press_sequentially("rue emi", delay=30)
+    options = page.locator("#address-options option")
+    options.first.wait_for(state="attached", timeout=5000)
+    values = options.evaluate_all("nodes => nodes.map(n => n.value)")
+    assert values and all("Rue Émile Zola" in value for value in values), values
+    assert "adresses trouvées" in page.locator("#address-status").inner_text()

@@ -278,11 +278,9 @@ def list_communes(session: Session, ids: Iterable[int] | None = None) -> list[Co
 
 
 def list_services(session: Session, commune_id: int) -> list[Service]:
-    return list(
-        session.scalars(
-            select(Service).where(Service.commune_id == commune_id).order_by(Service.name)
-        )
-    )
+    services = session.scalars(select(Service).where(Service.commune_id == commune_id))
+    # Alphabetical the French way: "Éclairage" sorts with the E's, not after the Z's.
+    return sorted(services, key=lambda item: slugify(item.name))
 
 
 def add_service(session: Session, commune_id: int, name: str) -> Service:
