@@ -105,15 +105,15 @@ def worker(
 ) -> None:
     """Run the job runner alone, beside web processes (scale-out on PostgreSQL)."""
     import asyncio
-    import importlib
 
     from communs.core.jobs import JobRunner
     from communs.core.logs import configure_logging
+    from communs.core.plugins import load_job_handlers
 
     settings = load_settings(data_dir)
     configure_logging(log_json or settings.log_json)
     migrate.upgrade(settings.database_url)
-    importlib.import_module("communs.core.mail")
+    load_job_handlers()
     db = Database(settings.database_url)
     try:
         asyncio.run(JobRunner(db, settings).run_forever())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 
 from alembic import command
@@ -13,22 +11,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import communs
+from communs.core.plugins import capability_modules
 
 CORE_MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def capability_packages() -> list[str]:
-    return [info.name for info in pkgutil.iter_modules(communs.__path__, "communs.") if info.ispkg]
-
-
 def import_all_models() -> None:
     """Import every ``communs.<capability>.models`` so Base.metadata knows all tables."""
-    for name in capability_packages():
-        try:
-            importlib.import_module(f"{name}.models")
-        except ModuleNotFoundError as error:
-            if error.name != f"{name}.models":
-                raise
+    capability_modules("models")
 
 
 def version_locations() -> list[str]:

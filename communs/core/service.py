@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from communs.core.db import utcnow
 from communs.core.i18n import lazy_gettext as _l
+from communs.core.mail import queue_email
 from communs.core.models import (
     ApiKey,
     Commune,
@@ -460,8 +461,6 @@ def create_agent(
 ) -> User:
     """A new agent account with a role in one commune, and the welcome e-mail promised
     in the same unit of work."""
-    from communs.core.mail import queue_email
-
     user = create_user(session, email=email, name=name, password=password)
     grant_role(session, user_id=user.id, commune_id=commune_id, role=role, service_id=service_id)
     commune = get_commune(session, commune_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -37,9 +36,10 @@ from communs.core.db import Database
 from communs.core.events import InProcessBus
 from communs.core.i18n import gettext as _
 from communs.core.jobs import JobRunner
-from communs.core.migrate import capability_packages
 from communs.core.models import Role
+from communs.core.plugins import capability_modules, load_job_handlers
 from communs.core.security import csrf_token, csrf_valid
+from communs.core.service import list_communes
 from communs.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,6 @@ def navigation(request: Request, principal: Principal) -> list[NavItem]:
             items.append((f"/{commune.slug}/admin/", _("Administration de la commune")))
     if principal.user is not None and not principal.is_instance_admin:
         with request.app.state.db.read() as session:
-            from communs.core.service import list_communes
-
             mine = list_communes(session, principal.roles.keys())
         items.extend(
             (f"/{own.slug}/", own.name) for own in mine if commune is None or own.id != commune.id
@@ -351,19 +349,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _capability_routers() -> list[Any]:
-    routers = []
-    for package in capability_packages():
-        for module_name in ("api", "views", "admin"):
-            try:
-                module = importlib.import_module(f"{package}.{module_name}")
-            except ModuleNotFoundError as error:
-                if error.name == f"{package}.{module_name}":
-                    continue
-                raise
-            router = getattr(module, "router", None)
-            if router is not None:
-                routers.append(router)
-    return routers
+    modules = [module for name in ("api", "views", "admin") for module in capability_modules(name)]
+    return [module.router for module in modules if getattr(module, "router", None) is not None]
 
 
 def create_app(settings: Settings, db: Database | None = None, *, run_jobs: bool = False):
@@ -372,7 +359,7 @@ def create_app(settings: Settings, db: Database | None = None, *, run_jobs: bool
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        importlib.import_module("communs.core.mail")
+        load_job_handlers()
         task = asyncio.create_task(runner.run_forever()) if run_jobs else None
         try:
             yield
