@@ -122,3 +122,27 @@ def test_htmx_upload_answers_the_result_fragment(client, db):
     )
     assert response.status_code == 200
     assert "<html" not in response.text and "4 adresses importées" in response.text
+
+
+def test_granting_a_role_in_an_unknown_commune_is_refused(client, db):
+    commune = make_commune(db)
+    agent = make_agent(db, commune.id, "agent@example.org")
+    instance_admin(db, client)
+    response = form_post(
+        client,
+        f"/admin/users/{agent.id}/roles",
+        {"commune_id": "999", "role": "agent"},
+        "/admin/users",
+    )
+    assert response.status_code == 303
+    assert "Commune, compte ou service inconnu." in client.get("/admin/users").text
+    bad_role = form_post(
+        client,
+        f"/admin/users/{agent.id}/roles",
+        {"commune_id": str(commune.id), "role": "maire"},
+        "/admin/users",
+    )
+    assert bad_role.status_code == 303
+    with db.read() as session:
+        members = service.commune_members(session, commune.id)
+    assert [(m.user.email, m.role) for m in members] == [("agent@example.org", "agent")]

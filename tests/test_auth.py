@@ -1,3 +1,4 @@
+import pytest
 from conftest import STRONG_PASSWORD, csrf_from, login, make_agent, make_commune
 
 from communs.core import service
@@ -63,7 +64,10 @@ def test_logout_ends_the_server_session(client, db):
     assert client.get("/alpha/api/services").status_code == 401
 
 
-def test_login_next_is_never_an_open_redirect(client, db):
+@pytest.mark.parametrize(
+    "target", ["//evil.example/", "/\\evil.example/", "https://evil.example/", "javascript:x"]
+)
+def test_login_next_is_never_an_open_redirect(client, db, target):
     commune = make_commune(db)
     make_agent(db, commune.id, "agent@example.org")
     token = csrf_from(client.get("/login").text)
@@ -73,10 +77,11 @@ def test_login_next_is_never_an_open_redirect(client, db):
             "email": "agent@example.org",
             "password": STRONG_PASSWORD,
             "csrf_token": token,
-            "next": "//evil.example/",
+            "next": target,
         },
     )
     assert response.headers["location"] == "/"
+    assert client.get("/langue/en", params={"next": target}).headers["location"] == "/"
 
 
 def test_passwords_are_hashed_with_argon2(db):

@@ -233,8 +233,11 @@ def grant_role(
             role=role,
             service_id=int(service_id) if service_id else None,
         )
-    except (InvalidInput, NotFound) as error:
+    except InvalidInput as error:
         return redirect(request, "/admin/users", str(error), kind="error")
+    except NotFound:
+        message = _("Commune, compte ou service inconnu.")
+        return redirect(request, "/admin/users", message, kind="error")
     return redirect(request, "/admin/users", _("Le rôle est attribué."))
 
 
@@ -410,8 +413,6 @@ def add_agent(
 ) -> Response:
     form = {"email": email, "name": name, "role": role, "service_id": service_id}
     try:
-        if not context.principal.is_instance_admin and role not in set(Role):
-            raise InvalidInput(_("Rôle inconnu : {role}.").format(role=role), field="role")
         request.app.state.db.write(
             service.create_agent,
             commune_id=context.commune_id,

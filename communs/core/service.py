@@ -407,6 +407,9 @@ def grant_role(
 ) -> Membership:
     if role not in set(Role):
         raise InvalidInput(_l("Rôle inconnu : {role}.").format(role=role), field="role")
+    get_commune(session, commune_id)
+    if session.get(User, user_id) is None:
+        raise NotFound(f"user {user_id}")
     if service_id is not None:
         _service_of(session, commune_id, service_id)
     existing = session.scalar(

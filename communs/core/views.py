@@ -21,7 +21,7 @@ def safe_next(url: str | None) -> str:
     if not url:
         return "/"
     parts = urlsplit(url)
-    if parts.scheme or parts.netloc or not url.startswith("/") or url.startswith("//"):
+    if parts.scheme or parts.netloc or not url.startswith("/") or url.startswith(("//", "/\\")):
         return "/"
     return url
 
