@@ -131,6 +131,16 @@ def make_agent(db: Database, commune_id: int, email: str, role: str = "agent"):
     )
 
 
+def make_instance_admin(db: Database, email: str = "root@example.org"):
+    return db.write(
+        service.create_user,
+        email=email,
+        name="Root",
+        password=STRONG_PASSWORD,
+        is_instance_admin=True,
+    )
+
+
 def csrf_from(html: str) -> str:
     match = re.search(r'name="csrf_token" value="([0-9a-f]+)"', html)
     assert match, "no CSRF token in the page"

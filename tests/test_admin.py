@@ -1,6 +1,14 @@
 import io
 
-from conftest import STRONG_PASSWORD, csrf_from, form_post, login, make_agent, make_commune
+from conftest import (
+    STRONG_PASSWORD,
+    csrf_from,
+    form_post,
+    login,
+    make_agent,
+    make_commune,
+    make_instance_admin,
+)
 from sqlalchemy import select
 from test_addresses import GOOD, HEADER, bal_row
 
@@ -9,13 +17,7 @@ from communs.core.models import Address, Commune
 
 
 def instance_admin(db, client):
-    db.write(
-        service.create_user,
-        email="root@example.org",
-        name="Root",
-        password=STRONG_PASSWORD,
-        is_instance_admin=True,
-    )
+    make_instance_admin(db)
     login(client, "root@example.org")
 
 

@@ -1,5 +1,5 @@
 import pytest
-from conftest import STRONG_PASSWORD, form_post, login, make_commune
+from conftest import STRONG_PASSWORD, form_post, login, make_commune, make_instance_admin
 from sqlalchemy import select
 
 from communs.core import service
@@ -96,13 +96,7 @@ def test_api_communes_lists_slug_name_insee_boundary(client, db):
 
 
 def test_admin_form_shows_french_errors_and_writes_nothing(client, db):
-    db.write(
-        service.create_user,
-        email="root@example.org",
-        name="Root",
-        password=STRONG_PASSWORD,
-        is_instance_admin=True,
-    )
+    make_instance_admin(db)
     make_commune(db, "alpha", "37001")
     login(client, "root@example.org")
     bad_insee = form_post(
