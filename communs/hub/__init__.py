@@ -1,0 +1,1 @@
+"""Urban data hub: ETSI NGSI-LD context information management."""
