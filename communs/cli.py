@@ -90,6 +90,8 @@ def serve(
         from communs.demo.service import ensure_demo
 
         credentials = ensure_demo(db, settings)
+        if not settings.hub_default_tenant:
+            settings = settings.with_overrides(hub_default_tenant=credentials["commune"])
         out.print("[bold]Démo / demo[/]")
         out.print_json(json.dumps(credentials, ensure_ascii=False))
         out.print(f"Identifiants enregistrés dans {settings.data_dir / 'demo-credentials.json'}")

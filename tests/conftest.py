@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from ngsi_client import Hub
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -159,3 +160,21 @@ def form_post(client: TestClient, url: str, data: dict, page: str | None = None)
     """Post a form the way a browser does: with the CSRF token of a page."""
     token = csrf_from(client.get(page or "/login").text)
     return client.post(url, data={**data, "csrf_token": token})
+
+
+@pytest.fixture
+def hub(client, db):
+    alpha = make_commune(db, "alpha", "37001")
+    key = db.write(
+        service.create_api_key, commune_id=alpha.id, name="hub", scopes=["hub:read", "hub:write"]
+    )
+    return Hub(client, "alpha", key.secret)
+
+
+@pytest.fixture
+def hub_beta(client, db, hub):
+    beta = make_commune(db, "beta", "37002")
+    key = db.write(
+        service.create_api_key, commune_id=beta.id, name="hub", scopes=["hub:read", "hub:write"]
+    )
+    return Hub(client, "beta", key.secret)

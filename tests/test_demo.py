@@ -1,6 +1,7 @@
 import json
 
 from conftest import login
+from shapely.geometry import Point, shape
 
 from communs.core import service
 from communs.core.models import Address, Commune, User
@@ -25,6 +26,27 @@ def test_demo_is_idempotent_and_its_credentials_work(db, settings, client):
     assert client.get(f"/{DEMO_SLUG}/api/services", headers=headers).status_code == 200
     login(client, saved["admin_email"], saved["admin_password"])
     assert client.get("/admin/").status_code == 200
+    # The hub holds the seven city models, every one inside the commune.
+    counts = {}
+    for model in (
+        "Streetlight",
+        "StreetlightControlCabinet",
+        "ParkingSpot",
+        "OffStreetParking",
+        "AirQualityObserved",
+        "WaterConsumptionObserved",
+        "WasteContainer",
+    ):
+        response = client.get(
+            "/ngsi-ld/v1/entities",
+            params={"type": model, "count": "true", "limit": "1000"},
+            headers={"NGSILD-Tenant": DEMO_SLUG},
+        )
+        counts[model] = int(response.headers["NGSILD-Results-Count"])
+        for entity in response.json():
+            lon, lat = entity["location"]["value"]["coordinates"]
+            assert shape(commune.boundary).contains(Point(lon, lat))
+    assert all(counts.values()) and sum(counts.values()) >= 300, counts
 
 
 def test_demo_recreates_lost_credentials(db, settings):

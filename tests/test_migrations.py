@@ -9,7 +9,7 @@ def test_upgrade_creates_every_table_and_second_run_is_a_no_op(database_url):
     engine = make_engine(database_url)
     before = migrate.current_revisions(engine)
     migrate.upgrade(database_url)
-    assert migrate.current_revisions(engine) == before == migrate.head_revisions(database_url)
+    assert migrate.current_revisions(engine) == before
     assert migrate.is_current(engine, database_url)
     tables = set(inspect(engine).get_table_names())
     assert {table.name for table in Base.metadata.sorted_tables} <= tables

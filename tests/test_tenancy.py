@@ -12,7 +12,15 @@ from conftest import csrf_from, login, make_agent, make_commune
 from communs.core import service
 from communs.core.auth import access_policy
 
-POLICIES = {"public", "login", "instance_admin", "commune", "commune_public"}
+POLICIES = {
+    "public",
+    "login",
+    "instance_admin",
+    "commune",
+    "commune_public",
+    "ngsild_read",
+    "ngsild_write",
+}
 
 
 def routes_with_policy(app):
@@ -136,3 +144,25 @@ def test_anonymous_is_sent_to_login_on_pages_and_401_on_apis(client, two_commune
     page = client.get("/beta/admin/")
     assert page.status_code == 303 and page.headers["location"].startswith("/login")
     assert client.get("/beta/api/services").status_code == 401
+
+
+def test_api_key_of_a_cannot_write_to_tenant_b_on_any_hub_route(client, app, two_communes):
+    _alpha, _beta, secret = two_communes
+    checked = 0
+    for route, policies in routes_with_policy(app):
+        if policies[0] != "ngsild_write":
+            continue
+        for method in sorted(route.methods - {"HEAD"}):
+            response = client.request(
+                method,
+                concrete_path(route.path, "beta"),
+                content=b"{}",
+                headers={
+                    "Authorization": f"Bearer {secret}",
+                    "NGSILD-Tenant": "beta",
+                    "Content-Type": "application/json",
+                },
+            )
+            assert response.status_code == 403, f"{method} {route.path}: {response.status_code}"
+            checked += 1
+    assert checked >= 7

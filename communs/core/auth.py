@@ -114,7 +114,9 @@ def _touch_api_key(session: Any, key_id: int, now: dt.datetime) -> None:
         key.last_used_at = now
 
 
-def _mark(policy: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def mark_access(policy: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare the access policy a dependency enforces (the tenancy test reads it)."""
+
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         setattr(function, ACCESS_ATTRIBUTE, policy)
         return function
@@ -122,7 +124,7 @@ def _mark(policy: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return decorate
 
 
-@_mark("public")
+@mark_access("public")
 def public(request: Request) -> Principal:
     """Anyone may call this route; credentials, if any, are still resolved."""
     try:
@@ -131,7 +133,7 @@ def public(request: Request) -> Principal:
         return Principal()
 
 
-@_mark("login")
+@mark_access("login")
 def login_required(request: Request) -> Principal:
     principal = load_principal(request)
     if principal.user is None:
@@ -139,7 +141,7 @@ def login_required(request: Request) -> Principal:
     return principal
 
 
-@_mark("instance_admin")
+@mark_access("instance_admin")
 def instance_admin(request: Request) -> Principal:
     principal = login_required(request)
     if not principal.is_instance_admin:
@@ -169,7 +171,7 @@ def resolve_commune(request: Request, slug: str) -> Commune:
 def commune_public() -> Callable[..., CommuneContext]:
     """A public page or API of one commune (the path's ``{commune}``)."""
 
-    @_mark("commune_public")
+    @mark_access("commune_public")
     def dependency(request: Request, commune: str) -> CommuneContext:
         return CommuneContext(resolve_commune(request, commune), public(request))
 
@@ -183,7 +185,7 @@ def commune_access(
     key of that commune granted ``scope`` (machines). The instance admin passes."""
     allowed_roles = frozenset(roles)
 
-    @_mark("commune")
+    @mark_access("commune")
     def dependency(request: Request, commune: str) -> CommuneContext:
         principal = load_principal(request)
         if principal.is_anonymous:

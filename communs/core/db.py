@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import orjson
 from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -94,10 +95,23 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=1 if writer else 8,
             max_overflow=0 if writer else 8,
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
         )
         _configure_sqlite(engine, writer=writer)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+    )
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 class _WriterThread(threading.Thread):

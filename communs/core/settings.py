@@ -58,6 +58,8 @@ class Settings:
     job_backoff_seconds: float = 2.0
     job_lease_seconds: int = 60
     upload_max_bytes: int = 10 * 1024 * 1024
+    hub_open_writes: bool = False
+    hub_default_tenant: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -102,6 +104,8 @@ def load_settings(data_dir: str | Path | None = None) -> Settings:
         job_backoff_seconds=_env_float("JOB_BACKOFF_SECONDS", 2.0),
         job_lease_seconds=_env_int("JOB_LEASE_SECONDS", 60),
         upload_max_bytes=_env_int("UPLOAD_MAX_BYTES", 10 * 1024 * 1024),
+        hub_open_writes=_env_bool("HUB_OPEN_WRITES", False),
+        hub_default_tenant=_env("HUB_DEFAULT_TENANT"),
     )
 
 

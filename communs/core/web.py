@@ -389,6 +389,9 @@ def create_app(settings: Settings, db: Database | None = None, *, run_jobs: bool
     install_error_handlers(app)
     # Fixed paths first: "/{commune}/…" must not swallow "/admin/…" or "/api/…".
     fixed, per_commune = APIRouter(), APIRouter()
+    for module in capability_modules("api"):
+        for error_type, handler in getattr(module, "EXCEPTION_HANDLERS", {}).items():
+            app.add_exception_handler(error_type, handler)
     for router in _capability_routers():
         for route in router.routes:
             target = per_commune if route.path.startswith("/{commune}") else fixed

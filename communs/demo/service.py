@@ -16,6 +16,7 @@ from communs.core import addresses, service
 from communs.core.db import Database
 from communs.core.models import Role
 from communs.core.settings import Settings
+from communs.demo.hub import load_demo_entities
 
 DEMO_SLUG = "belvedere-sur-loire"
 DEMO_NAME = "Belvédère-sur-Loire"
@@ -62,6 +63,7 @@ def ensure_demo(db: Database, settings: Settings) -> dict[str, Any]:
         )
         parsed = addresses.parse_bal(DEMO_BAL.read_bytes(), commune)
         db.write(addresses.replace_addresses, commune.id, parsed.rows)
+    load_demo_entities(db, commune.id, DEMO_BOUNDARY)
     if saved and admin is not None and key is not None:
         return saved
     password = demo_password()

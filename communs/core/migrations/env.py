@@ -27,10 +27,16 @@ def run_migrations_online() -> None:
     engine.dispose()
 
 
+def include_name(name, type_, _parent) -> bool:
+    """Tables the models do not declare (full-text shadow tables) are not ours to diff."""
+    return type_ != "table" or name in Base.metadata.tables
+
+
 def _run(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
+        include_name=include_name,
         render_as_batch=connection.dialect.name == "sqlite",
         transaction_per_migration=True,
     )

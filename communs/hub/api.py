@@ -1,0 +1,451 @@
+"""The NGSI-LD API under ``/ngsi-ld/v1``: entities and their attributes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from communs.core.auth import LoginRequired, load_principal, mark_access
+from communs.core.service import list_communes
+from communs.core.tenancy import NGSILD_TENANT_HEADER, commune_for_ngsild_tenant
+from communs.hub import service
+from communs.hub.context import (
+    DEFAULT_CORE_CONTEXT_URL,
+    ContextNotAvailable,
+    InvalidContext,
+    TermMap,
+    term_map,
+)
+from communs.hub.document import (
+    parse_attribute,
+    parse_attributes,
+    parse_entity,
+    parse_types,
+    render_entity,
+)
+from communs.hub.errors import (
+    BadRequestData,
+    Forbidden,
+    InvalidRequest,
+    LdContextNotAvailable,
+    NgsiError,
+    NonExistingTenant,
+    NotAcceptable,
+    Unauthorized,
+    UnsupportedMediaType,
+    problem_response,
+)
+from communs.hub.geoquery import GeoQuerySyntaxError, parse_geoquery
+from communs.hub.query import parse_limit, parse_options, parse_type_selection, split_list
+from communs.hub.query_language import QuerySyntaxError, bind, matches, parse_q
+
+PREFIX = "/ngsi-ld/v1"
+JSON_LD = "application/ld+json"
+GEO_JSON = "application/geo+json"
+CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
+
+router = APIRouter(prefix=PREFIX, tags=["ngsi-ld"])
+
+
+@dataclass(frozen=True)
+class Tenant:
+    commune_id: int
+    slug: str
+
+
+def _tenant(request: Request) -> Tenant:
+    header = request.headers.get(NGSILD_TENANT_HEADER)
+    settings = request.app.state.settings
+    with request.app.state.db.read() as session:
+        commune = commune_for_ngsild_tenant(session, header, settings.hub_default_tenant)
+        if commune is None and not header and not settings.hub_default_tenant:
+            communes = list_communes(session)
+            commune = communes[0] if len(communes) == 1 else None
+    if commune is None:
+        raise NonExistingTenant(f"tenant {header or '(default)'} does not exist")
+    return Tenant(commune.id, commune.slug)
+
+
+@mark_access("ngsild_read")
+def tenant_reader(request: Request) -> Tenant:
+    """Reading the hub is open; the tenant header chooses the commune."""
+    return _tenant(request)
+
+
+@mark_access("ngsild_write")
+def tenant_writer(request: Request) -> Tenant:
+    """Writing needs an API key of that commune with ``hub:write`` (unless open writes)."""
+    tenant = _tenant(request)
+    if request.app.state.settings.hub_open_writes:
+        return tenant
+    try:
+        principal = load_principal(request)
+    except LoginRequired as error:
+        raise Unauthorized("invalid API key") from error
+    if principal.api_key is None:
+        raise Unauthorized("an API key (Authorization: Bearer …) is needed to write")
+    if not principal.has_scope(tenant.commune_id, "hub:write"):
+        raise Forbidden("this API key cannot write to this tenant")
+    return tenant
+
+
+Reader = Annotated[Tenant, Depends(tenant_reader)]
+Writer = Annotated[Tenant, Depends(tenant_writer)]
+
+
+# ---------------------------------------------------------------- content negotiation
+
+
+def _link_context(request: Request) -> str | None:
+    for part in request.headers.get("link", "").split(","):
+        if CONTEXT_REL in part and "<" in part and ">" in part:
+            return part[part.index("<") + 1 : part.index(">")].strip()
+    return None
+
+
+def _terms(request: Request, context: Any) -> TermMap:
+    try:
+        return term_map(context, getattr(request.app.state, "hub_context_loader", None))
+    except ContextNotAvailable as error:
+        raise LdContextNotAvailable(f"@context {error} could not be retrieved") from error
+    except InvalidContext as error:
+        raise BadRequestData(f"invalid @context: {error}") from error
+
+
+async def read_body(request: Request) -> tuple[Any, TermMap, Any]:
+    """The JSON payload, the term map of its @context, and that context."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in ("application/json", JSON_LD):
+        raise UnsupportedMediaType(f"Content-Type must be application/json or {JSON_LD}")
+    try:
+        payload = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"the body is not valid JSON: {error}") from error
+    items = payload if isinstance(payload, list) else [payload]
+    if media_type == JSON_LD:
+        contexts = [item.get("@context") for item in items if isinstance(item, dict)]
+        if not contexts or any(c is None for c in contexts):
+            raise BadRequestData(f"{JSON_LD} bodies must carry an @context")
+        if _link_context(request):
+            raise BadRequestData(f"a Link @context header is not allowed with {JSON_LD}")
+        context = contexts[0]
+    else:
+        if any(isinstance(item, dict) and "@context" in item for item in items):
+            raise BadRequestData("application/json bodies carry their @context in a Link header")
+        context = _link_context(request)
+    return payload, _terms(request, context), context
+
+
+def request_terms(request: Request) -> tuple[TermMap, Any]:
+    context = _link_context(request)
+    return _terms(request, context), context
+
+
+def _accepted(request: Request) -> str:
+    accept = request.headers.get("accept", "*/*").lower()
+    for media_type in (JSON_LD, GEO_JSON, "application/json"):
+        if media_type in accept:
+            return media_type
+    if "*/*" in accept or "application/*" in accept or not accept.strip():
+        return "application/json"
+    raise NotAcceptable(
+        "acceptable types: application/json, application/ld+json, application/geo+json"
+    )
+
+
+def json_response(
+    request: Request,
+    body: Any,
+    context: Any,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    media_type: str | None = None,
+) -> Response:
+    media_type = media_type or _accepted(request)
+    headers = dict(headers or {})
+    context_url = context if isinstance(context, str) else DEFAULT_CORE_CONTEXT_URL
+    if media_type == JSON_LD:
+        items = body if isinstance(body, list) else [body]
+        for item in items:
+            item["@context"] = context if context is not None else DEFAULT_CORE_CONTEXT_URL
+    else:
+        context_link = f'<{context_url}>; rel="{CONTEXT_REL}"; type="{JSON_LD}"'
+        headers["Link"] = ", ".join(filter(None, [context_link, headers.get("Link")]))
+    return Response(orjson.dumps(body), status, headers=headers, media_type=media_type)
+
+
+# ---------------------------------------------------------------- entities
+
+
+@router.post("/entities", status_code=201)
+async def create_entity(request: Request, tenant: Writer) -> Response:
+    payload, terms, _context = await read_body(request)
+    entity = parse_entity(payload, terms)
+    await request.app.state.db.awrite(service.create_entity, tenant.commune_id, entity)
+    return Response(status_code=201, headers={"Location": f"{PREFIX}/entities/{entity['id']}"})
+
+
+@router.get("/entities")
+async def query_entities(request: Request, tenant: Reader) -> Response:
+    params = request.query_params
+    terms, context = request_terms(request)
+    media_type = _accepted(request)
+    form, sys_attrs = parse_options(params)
+    limit, offset = parse_limit(params)
+    query, attrs = _entity_query(params, terms)
+    with request.app.state.db.read() as session:
+        documents, total = service.query_entities(
+            session,
+            tenant.commune_id,
+            query,
+            limit=limit,
+            offset=offset,
+            count=params.get("count") == "true",
+        )
+    headers = _page_links(request, offset, limit, len(documents), total)
+    if total is not None:
+        headers["NGSILD-Results-Count"] = str(total)
+    render = _renderer(params, terms, form, sys_attrs, attrs)
+    if media_type == GEO_JSON:
+        body = _feature_collection(documents, render, params, terms)
+        return json_response(request, body, context, headers=headers, media_type=GEO_JSON)
+    return json_response(request, [render(doc) for doc in documents], context, headers=headers)
+
+
+def _entity_query(params: Any, terms: TermMap) -> tuple[service.EntityQuery, frozenset | None]:
+    selection = parse_type_selection(params["type"], terms) if params.get("type") else None
+    ids = tuple(split_list(params.get("id")))
+    attrs = frozenset(terms.expand(a) for a in split_list(params.get("attrs"))) or None
+    if not (
+        selection
+        or ids
+        or params.get("idPattern")
+        or attrs
+        or params.get("q")
+        or params.get("georel")
+        or params.get("local") == "true"
+    ):
+        raise BadRequestData("give at least one of type, id, idPattern, attrs, q or georel")
+    predicates = []
+    if selection is not None and selection.predicate is not None:
+        predicates.append(lambda doc: selection.matches(doc["type"]))
+    if params.get("q"):
+        try:
+            bound = bind(parse_q(params["q"]), terms.expand)
+        except QuerySyntaxError as error:
+            raise BadRequestData(f"invalid q: {error}") from error
+        predicates.append(lambda doc: matches(bound, doc))
+    if attrs is not None:
+        predicates.append(lambda doc: any(iri in doc for iri in attrs))
+    try:
+        geo = parse_geoquery(
+            params.get("georel"),
+            params.get("geometry"),
+            params.get("coordinates"),
+            params.get("geoproperty"),
+        )
+    except GeoQuerySyntaxError as error:
+        raise BadRequestData(f"invalid geo-query: {error}") from error
+    query = service.EntityQuery(
+        types=selection.any_of if selection else (),
+        ids=ids,
+        id_pattern=params.get("idPattern"),
+        geo=geo,
+        geo_attribute=terms.expand(geo.geoproperty) if geo else None,
+        matches=(lambda doc: all(p(doc) for p in predicates)) if predicates else None,
+        attrs=attrs,
+    )
+    return query, attrs
+
+
+def _renderer(params: Any, terms: TermMap, form: str, sys_attrs: bool, attrs: Any):
+    lang = params.get("lang")
+    picked = frozenset(terms.expand(a) for a in split_list(params.get("pick"))) or None
+    omitted = frozenset(terms.expand(a) for a in split_list(params.get("omit")))
+    wanted = attrs if attrs is not None else picked
+
+    def render(document: dict[str, Any]) -> dict[str, Any]:
+        shown = {k: v for k, v in document.items() if k not in omitted}
+        return render_entity(shown, terms, form=form, sys_attrs=sys_attrs, attrs=wanted, lang=lang)
+
+    return render
+
+
+def _feature_collection(documents: list, render: Any, params: Any, terms: TermMap) -> dict:
+    geometry_iri = terms.expand(params.get("geometryProperty") or "location")
+    features = []
+    for document in documents:
+        instances = document.get(geometry_iri) or [{}]
+        properties = render(document)
+        features.append(
+            {
+                "id": document["id"],
+                "type": "Feature",
+                "geometry": instances[0].get("value"),
+                "properties": {k: v for k, v in properties.items() if k != "id"},
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _page_links(
+    request: Request, offset: int, limit: int, returned: int, total: int | None
+) -> dict[str, str]:
+    links = []
+    base = dict(request.query_params)
+    if offset > 0:
+        previous = {**base, "offset": str(max(offset - limit, 0)), "limit": str(limit)}
+        links.append(f'<{request.url.path}?{urlencode(previous)}>; rel="prev"')
+    has_more = returned == limit if total is None else offset + returned < total
+    if has_more and returned:
+        following = {**base, "offset": str(offset + limit), "limit": str(limit)}
+        links.append(f'<{request.url.path}?{urlencode(following)}>; rel="next"')
+    return {"Link": ", ".join(links)} if links else {}
+
+
+@router.get("/entities/{entity_id:path}")
+async def retrieve_entity(request: Request, tenant: Reader, entity_id: str) -> Response:
+    params = request.query_params
+    terms, context = request_terms(request)
+    media_type = _accepted(request)
+    form, sys_attrs = parse_options(params)
+    attrs = frozenset(terms.expand(a) for a in split_list(params.get("attrs"))) or None
+    with request.app.state.db.read() as session:
+        document = service.get_entity(session, tenant.commune_id, entity_id)
+    render = _renderer(params, terms, form, sys_attrs, attrs)
+    if media_type == GEO_JSON:
+        collection = _feature_collection([document], render, params, terms)
+        return json_response(request, collection["features"][0], context, media_type=GEO_JSON)
+    return json_response(request, render(document), context)
+
+
+@router.delete("/entities/{entity_id:path}/attrs/{attr_id}", status_code=204)
+async def delete_attribute(
+    request: Request, tenant: Writer, entity_id: str, attr_id: str
+) -> Response:
+    terms, _context = request_terms(request)
+    params = request.query_params
+    await request.app.state.db.awrite(
+        service.delete_attribute,
+        tenant.commune_id,
+        entity_id,
+        terms.expand(attr_id),
+        dataset_id=params.get("datasetId"),
+        delete_all=params.get("deleteAll") == "true",
+    )
+    return Response(status_code=204)
+
+
+@router.patch("/entities/{entity_id:path}/attrs/{attr_id}", status_code=204)
+async def update_attribute(
+    request: Request, tenant: Writer, entity_id: str, attr_id: str
+) -> Response:
+    payload, terms, _context = await read_body(request)
+    if not isinstance(payload, dict):
+        raise BadRequestData("the body must be one attribute fragment")
+    fragment = parse_attribute(
+        attr_id, {k: v for k, v in payload.items() if k != "@context"}, terms
+    )[0]
+    await request.app.state.db.awrite(
+        service.update_attribute, tenant.commune_id, entity_id, terms.expand(attr_id), fragment
+    )
+    return Response(status_code=204)
+
+
+@router.post("/entities/{entity_id:path}/attrs", status_code=204)
+async def append_attributes(request: Request, tenant: Writer, entity_id: str) -> Response:
+    payload, terms, context = await read_body(request)
+    attributes, entity_type = _attributes_body(payload, terms)
+    options = split_list(request.query_params.get("options"))
+    result = await request.app.state.db.awrite(
+        service.append_attributes,
+        tenant.commune_id,
+        entity_id,
+        attributes,
+        no_overwrite="noOverwrite" in options,
+        entity_type=entity_type,
+    )
+    return _update_result(request, result, terms, context)
+
+
+@router.patch("/entities/{entity_id:path}/attrs", status_code=204)
+async def update_attributes(request: Request, tenant: Writer, entity_id: str) -> Response:
+    payload, terms, context = await read_body(request)
+    attributes, _entity_type = _attributes_body(payload, terms)
+    result = await request.app.state.db.awrite(
+        service.update_attributes, tenant.commune_id, entity_id, attributes
+    )
+    return _update_result(request, result, terms, context)
+
+
+def _attributes_body(payload: Any, terms: TermMap) -> tuple[dict[str, Any], list[str] | None]:
+    if not isinstance(payload, dict):
+        raise BadRequestData("the body must be an object of attributes")
+    entity_type = None
+    if "type" in payload:
+        entity_type = parse_types(payload["type"], terms)
+    attributes = parse_attributes(payload, terms, allow_null=False)
+    if not attributes:
+        raise BadRequestData("no attribute given")
+    return attributes, entity_type
+
+
+def _update_result(
+    request: Request, result: service.UpdateResult, terms: TermMap, context: Any
+) -> Response:
+    if not result.not_updated:
+        return Response(status_code=204)
+    body = {
+        "updated": [terms.compact(iri) for iri in result.updated],
+        "notUpdated": [
+            {"attributeName": terms.compact(iri), "reason": reason}
+            for iri, reason in result.not_updated
+        ],
+    }
+    return Response(orjson.dumps(body), 207, media_type="application/json")
+
+
+@router.put("/entities/{entity_id:path}", status_code=204)
+async def replace_entity(request: Request, tenant: Writer, entity_id: str) -> Response:
+    payload, terms, _context = await read_body(request)
+    if not isinstance(payload, dict):
+        raise BadRequestData("the body must be an entity")
+    entity = parse_entity({**payload, "id": entity_id}, terms, require_type=False)
+    if payload.get("id", entity_id) != entity_id:
+        raise BadRequestData("the id of the body differs from the id in the URL")
+    await request.app.state.db.awrite(service.replace_entity, tenant.commune_id, entity)
+    return Response(status_code=204)
+
+
+@router.patch("/entities/{entity_id:path}", status_code=204)
+async def merge_entity(request: Request, tenant: Writer, entity_id: str) -> Response:
+    payload, terms, _context = await read_body(request)
+    if not isinstance(payload, dict):
+        raise BadRequestData("the body must be an entity fragment")
+    if payload.get("id", entity_id) != entity_id:
+        raise BadRequestData("the id of the body differs from the id in the URL")
+    entity: dict[str, Any] = {"id": entity_id}
+    if "type" in payload:
+        entity["type"] = parse_types(payload["type"], terms)
+    entity.update(parse_attributes(payload, terms, allow_null=True))
+    await request.app.state.db.awrite(service.merge_entity, tenant.commune_id, entity)
+    return Response(status_code=204)
+
+
+@router.delete("/entities/{entity_id:path}", status_code=204)
+async def delete_entity(request: Request, tenant: Writer, entity_id: str) -> Response:
+    await request.app.state.db.awrite(service.delete_entity, tenant.commune_id, entity_id)
+    return Response(status_code=204)
+
+
+async def on_ngsi_error(_request: Request, error: NgsiError) -> Response:
+    return problem_response(error)
+
+
+EXCEPTION_HANDLERS = {NgsiError: on_ngsi_error}

@@ -1,0 +1,56 @@
+"""Hub tables: entities with their type and geometry indexes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from communs.core.db import Base, JSONType
+
+
+class HubEntity(Base):
+    """One NGSI-LD entity of a commune; ``document`` holds it with expanded names."""
+
+    __tablename__ = "hub_entities"
+    __table_args__ = (UniqueConstraint("commune_id", "entity_id"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    commune_id: Mapped[int] = mapped_column(ForeignKey("communes.id", ondelete="CASCADE"))
+    entity_id: Mapped[str] = mapped_column(String(256))
+    document: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+
+class HubEntityType(Base):
+    """Type index: one row per (entity, type IRI)."""
+
+    __tablename__ = "hub_entity_types"
+    __table_args__ = (Index("ix_hub_entity_types_lookup", "commune_id", "type_iri", "entity_pk"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    entity_pk: Mapped[int] = mapped_column(
+        ForeignKey("hub_entities.pk", ondelete="CASCADE"), index=True
+    )
+    commune_id: Mapped[int] = mapped_column(Integer)
+    type_iri: Mapped[str] = mapped_column(String(512))
+
+
+class HubGeometry(Base):
+    """Bounding box of each GeoProperty instance, for geo-query pre-filtering."""
+
+    __tablename__ = "hub_geometries"
+    __table_args__ = (
+        Index("ix_hub_geometries_box", "commune_id", "attribute_iri", "min_lat", "min_lon"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    entity_pk: Mapped[int] = mapped_column(
+        ForeignKey("hub_entities.pk", ondelete="CASCADE"), index=True
+    )
+    commune_id: Mapped[int] = mapped_column(Integer)
+    attribute_iri: Mapped[str] = mapped_column(String(512))
+    min_lon: Mapped[float] = mapped_column(Float)
+    min_lat: Mapped[float] = mapped_column(Float)
+    max_lon: Mapped[float] = mapped_column(Float)
+    max_lat: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,413 @@
+"""Business rules of the hub: the only module that writes the hub's tables.
+
+Every function takes a ``Session`` and a ``commune_id``: entities of one commune are
+never visible from another. Write functions are units of work for ``Database.write``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from communs.hub.document import (
+    ENTITY_KEYS,
+    MEMBERS,
+    attribute_iris,
+    now_iso,
+    stamp,
+)
+from communs.hub.errors import AlreadyExists, BadRequestData, ResourceNotFound
+from communs.hub.geoquery import GeoQuery, geometry_bbox
+from communs.hub.models import HubEntity, HubEntityType, HubGeometry
+
+MAX_PAGE = 1000
+
+Filter = Callable[[dict[str, Any]], bool]
+
+
+@dataclass
+class UpdateResult:
+    updated: list[str] = field(default_factory=list)
+    not_updated: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _row(session: Session, commune_id: int, entity_id: str) -> HubEntity | None:
+    return session.scalar(
+        select(HubEntity).where(
+            HubEntity.commune_id == commune_id, HubEntity.entity_id == entity_id
+        )
+    )
+
+
+def find_entity(session: Session, commune_id: int, entity_id: str) -> dict[str, Any] | None:
+    row = _row(session, commune_id, entity_id)
+    return None if row is None else row.document
+
+
+def get_entity(session: Session, commune_id: int, entity_id: str) -> dict[str, Any]:
+    document = find_entity(session, commune_id, entity_id)
+    if document is None:
+        raise ResourceNotFound(f"entity {entity_id} not found")
+    return document
+
+
+@dataclass(frozen=True)
+class EntityQuery:
+    types: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    id_pattern: str | None = None
+    geo: GeoQuery | None = None
+    geo_attribute: str | None = None
+    matches: Filter | None = None
+    attrs: frozenset[str] | None = None
+
+
+def query_entities(
+    session: Session,
+    commune_id: int,
+    query: EntityQuery,
+    *,
+    limit: int,
+    offset: int,
+    count: bool,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Entities of a commune matching ``query``, in creation order."""
+    statement = select(HubEntity.document).where(HubEntity.commune_id == commune_id)
+    if query.types:
+        typed = select(HubEntityType.entity_pk).where(
+            HubEntityType.commune_id == commune_id, HubEntityType.type_iri.in_(query.types)
+        )
+        statement = statement.where(HubEntity.pk.in_(typed))
+    if query.ids:
+        statement = statement.where(HubEntity.entity_id.in_(query.ids))
+    if query.geo is not None and query.geo_attribute is not None:
+        statement = _geo_prefilter(statement, commune_id, query.geo, query.geo_attribute)
+    statement = statement.order_by(HubEntity.pk)
+    keep = _row_filter(query)
+    if keep is None:
+        total = _count(session, statement) if count else None
+        documents = list(session.scalars(statement.limit(limit).offset(offset)))
+        return documents, total
+    matching = [doc for doc in session.scalars(statement) if keep(doc)]
+    return matching[offset : offset + limit], len(matching) if count else None
+
+
+def _count(session: Session, statement: Any) -> int:
+    return int(session.scalar(select(func.count()).select_from(statement.subquery())) or 0)
+
+
+def _geo_prefilter(statement: Any, commune_id: int, geo: GeoQuery, attribute: str) -> Any:
+    box = geo.bbox()
+    located = select(HubGeometry.entity_pk).where(
+        HubGeometry.commune_id == commune_id, HubGeometry.attribute_iri == attribute
+    )
+    if box is not None:
+        min_lon, min_lat, max_lon, max_lat = box
+        located = located.where(
+            HubGeometry.min_lat <= max_lat,
+            HubGeometry.max_lat >= min_lat,
+            HubGeometry.min_lon <= max_lon,
+            HubGeometry.max_lon >= min_lon,
+        )
+    return statement.where(HubEntity.pk.in_(located))
+
+
+def _row_filter(query: EntityQuery) -> Filter | None:
+    checks: list[Filter] = []
+    if query.id_pattern is not None:
+        pattern = _compile(query.id_pattern)
+        checks.append(lambda doc: pattern.search(doc["id"]) is not None)
+    if query.geo is not None and query.geo_attribute is not None:
+        geo, attribute = query.geo, query.geo_attribute
+        checks.append(
+            lambda doc: any(
+                i.get("type") == "GeoProperty" and geo.matches(i.get("value"))
+                for i in doc.get(attribute, ())
+            )
+        )
+    if query.matches is not None:
+        checks.append(query.matches)
+    if not checks:
+        return None
+    return lambda doc: all(check(doc) for check in checks)
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    if len(pattern) > 256:
+        raise BadRequestData("idPattern is too long (256 characters at most)")
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise BadRequestData(f"idPattern is not a valid regular expression: {error}") from error
+
+
+def project(document: dict[str, Any], attrs: Iterable[str] | None) -> dict[str, Any]:
+    if attrs is None:
+        return document
+    wanted = set(attrs)
+    return {key: value for key, value in document.items() if key in ENTITY_KEYS or key in wanted}
+
+
+# ---------------------------------------------------------------- writing
+
+
+def create_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> dict[str, Any]:
+    if _row(session, commune_id, entity["id"]) is not None:
+        raise AlreadyExists(f"entity {entity['id']} already exists")
+    now = now_iso()
+    document = {"id": entity["id"], "type": entity["type"]}
+    if "scope" in entity:
+        document["scope"] = entity["scope"]
+    document["createdAt"] = document["modifiedAt"] = now
+    for iri in attribute_iris(entity):
+        document[iri] = [stamp(instance, now) for instance in entity[iri]]
+    row = HubEntity(commune_id=commune_id, entity_id=entity["id"], document=document)
+    session.add(row)
+    session.flush()
+    _index(session, row, types_changed=True, geometry_changed=True)
+    return document
+
+
+def delete_entity(session: Session, commune_id: int, entity_id: str) -> None:
+    row = _row(session, commune_id, entity_id)
+    if row is None:
+        raise ResourceNotFound(f"entity {entity_id} not found")
+    session.delete(row)
+
+
+def replace_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> dict[str, Any]:
+    """PUT: the entity becomes exactly the given one (its creation time is kept)."""
+    row, document = _editable(session, commune_id, entity["id"])
+    now = now_iso()
+    replaced = {"id": document["id"], "type": entity.get("type", document["type"])}
+    if "scope" in entity:
+        replaced["scope"] = entity["scope"]
+    replaced["createdAt"], replaced["modifiedAt"] = document["createdAt"], now
+    for iri in attribute_iris(entity):
+        replaced[iri] = [stamp(instance, now) for instance in entity[iri]]
+    _save(session, row, replaced)
+    return replaced
+
+
+def merge_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> dict[str, Any]:
+    """PATCH /entities/{id}: merge attributes; a null attribute value deletes it."""
+    row, document = _editable(session, commune_id, entity["id"])
+    now = now_iso()
+    if "type" in entity:
+        document["type"] = list(dict.fromkeys([*document["type"], *entity["type"]]))
+    if "scope" in entity:
+        document["scope"] = entity["scope"]
+    for iri in attribute_iris(entity):
+        instances = entity[iri]
+        if instances is None:
+            document.pop(iri, None)
+            continue
+        current = document.setdefault(iri, [])
+        for instance in instances:
+            _merge_instance(current, instance, now)
+    document["modifiedAt"] = now
+    _save(session, row, document)
+    return document
+
+
+def append_attributes(
+    session: Session,
+    commune_id: int,
+    entity_id: str,
+    attributes: dict[str, list[dict[str, Any]]],
+    *,
+    no_overwrite: bool,
+    entity_type: list[str] | None = None,
+) -> UpdateResult:
+    """POST /entities/{id}/attrs: add attributes, replacing existing ones unless told not to."""
+    row, document = _editable(session, commune_id, entity_id)
+    result = UpdateResult()
+    now = now_iso()
+    if entity_type:
+        document["type"] = list(dict.fromkeys([*document["type"], *entity_type]))
+    for iri, instances in attributes.items():
+        current = document.setdefault(iri, [])
+        changed = False
+        for instance in instances:
+            existing = _find_instance(current, instance.get("datasetId"))
+            if existing is not None and no_overwrite:
+                continue
+            if existing is not None:
+                current.remove(existing)
+            current.append(stamp(instance, now, existing and existing.get("createdAt")))
+            changed = True
+        if changed:
+            result.updated.append(iri)
+        else:
+            result.not_updated.append((iri, "attribute exists and noOverwrite was given"))
+    _finish(session, row, document, result, now)
+    return result
+
+
+def update_attributes(
+    session: Session, commune_id: int, entity_id: str, attributes: dict[str, Any]
+) -> UpdateResult:
+    """PATCH /entities/{id}/attrs: replace attributes that exist; report the others."""
+    row, document = _editable(session, commune_id, entity_id)
+    result = UpdateResult()
+    now = now_iso()
+    for iri, instances in attributes.items():
+        current = document.get(iri)
+        if not current:
+            result.not_updated.append((iri, "attribute does not exist"))
+            continue
+        missing = [i for i in instances if _find_instance(current, i.get("datasetId")) is None]
+        if missing:
+            result.not_updated.append((iri, "no instance with this datasetId"))
+            continue
+        for instance in instances:
+            existing = _find_instance(current, instance.get("datasetId"))
+            current[current.index(existing)] = stamp(instance, now, existing.get("createdAt"))
+        result.updated.append(iri)
+    _finish(session, row, document, result, now)
+    return result
+
+
+def update_attribute(
+    session: Session, commune_id: int, entity_id: str, iri: str, fragment: dict[str, Any]
+) -> None:
+    """PATCH /entities/{id}/attrs/{attrId}: merge members into one existing instance."""
+    row, document = _editable(session, commune_id, entity_id)
+    existing = _find_instance(document.get(iri) or [], fragment.get("datasetId"))
+    if existing is None:
+        raise ResourceNotFound(f"attribute {iri} not found in entity {entity_id}")
+    now = now_iso()
+    if fragment.get("type") not in (None, existing["type"]):
+        existing.clear()
+    existing.update(fragment)
+    stamp(existing, now, existing.get("createdAt") or now)
+    document["modifiedAt"] = now
+    _save(session, row, document)
+
+
+def delete_attribute(
+    session: Session,
+    commune_id: int,
+    entity_id: str,
+    iri: str,
+    *,
+    dataset_id: str | None,
+    delete_all: bool,
+) -> None:
+    row, document = _editable(session, commune_id, entity_id)
+    current = document.get(iri)
+    if not current:
+        raise ResourceNotFound(f"attribute {iri} not found in entity {entity_id}")
+    if delete_all:
+        del document[iri]
+    else:
+        existing = _find_instance(current, dataset_id)
+        if existing is None:
+            raise ResourceNotFound(f"no instance of {iri} with datasetId {dataset_id}")
+        current.remove(existing)
+        if not current:
+            del document[iri]
+    document["modifiedAt"] = now_iso()
+    _save(session, row, document)
+
+
+def _editable(session: Session, commune_id: int, entity_id: str) -> tuple[HubEntity, dict]:
+    row = _row(session, commune_id, entity_id)
+    if row is None:
+        raise ResourceNotFound(f"entity {entity_id} not found")
+    return row, copy.deepcopy(row.document)
+
+
+def _find_instance(instances: list[dict[str, Any]], dataset_id: str | None) -> dict | None:
+    return next((i for i in instances if i.get("datasetId") == dataset_id), None)
+
+
+def _merge_instance(current: list[dict[str, Any]], instance: dict[str, Any], now: str) -> None:
+    existing = _find_instance(current, instance.get("datasetId"))
+    if existing is None:
+        current.append(stamp(instance, now))
+    else:
+        _merge_into(existing, instance, now)
+
+
+def _merge_into(existing: dict[str, Any], instance: dict[str, Any], now: str) -> None:
+    """Merge-patch one instance: members replaced, sub-attributes merged in turn."""
+    created = existing.get("createdAt")
+    if existing["type"] != instance["type"]:
+        existing.clear()
+    for key, value in instance.items():
+        if key not in MEMBERS and isinstance(value, dict) and isinstance(existing.get(key), dict):
+            _merge_into(existing[key], value, now)
+        else:
+            existing[key] = value
+    stamp(existing, now, created)
+
+
+def _finish(
+    session: Session, row: HubEntity, document: dict, result: UpdateResult, now: str
+) -> None:
+    for iri, _reason in result.not_updated:
+        if document.get(iri) == []:
+            del document[iri]
+    if result.updated:
+        document["modifiedAt"] = now
+        _save(session, row, document)
+
+
+def _save(session: Session, row: HubEntity, document: dict[str, Any]) -> None:
+    previous = row.document
+    row.document = document
+    _index(
+        session,
+        row,
+        types_changed=previous.get("type") != document.get("type"),
+        geometry_changed=_geometries(previous) != _geometries(document),
+    )
+
+
+def _geometries(document: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [
+        (iri, instance["value"])
+        for iri in attribute_iris(document)
+        for instance in document[iri]
+        if instance.get("type") == "GeoProperty"
+    ]
+
+
+def _index(session: Session, row: HubEntity, *, types_changed: bool, geometry_changed: bool):
+    if types_changed:
+        session.execute(delete(HubEntityType).where(HubEntityType.entity_pk == row.pk))
+        session.execute(
+            insert(HubEntityType),
+            [
+                {"entity_pk": row.pk, "commune_id": row.commune_id, "type_iri": iri}
+                for iri in row.document["type"]
+            ],
+        )
+    if geometry_changed:
+        session.execute(delete(HubGeometry).where(HubGeometry.entity_pk == row.pk))
+        boxes = [(iri, geometry_bbox(value)) for iri, value in _geometries(row.document)]
+        rows = [
+            {
+                "entity_pk": row.pk,
+                "commune_id": row.commune_id,
+                "attribute_iri": iri,
+                "min_lon": box[0],
+                "min_lat": box[1],
+                "max_lon": box[2],
+                "max_lat": box[3],
+            }
+            for iri, box in boxes
+            if box is not None
+        ]
+        if rows:
+            session.execute(insert(HubGeometry), rows)
