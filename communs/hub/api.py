@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -36,6 +37,7 @@ from communs.hub.errors import (
     NgsiError,
     NonExistingTenant,
     NotAcceptable,
+    ResourceNotFound,
     Unauthorized,
     UnsupportedMediaType,
     problem_response,
@@ -193,8 +195,13 @@ async def create_entity(request: Request, tenant: Writer) -> Response:
 
 @router.get("/entities")
 async def query_entities(request: Request, tenant: Reader) -> Response:
-    params = request.query_params
     terms, context = request_terms(request)
+    return await _run_query(request, tenant, request.query_params, terms, context)
+
+
+async def _run_query(
+    request: Request, tenant: Tenant, params: Any, terms: TermMap, context: Any
+) -> Response:
     media_type = _accepted(request)
     form, sys_attrs = parse_options(params)
     limit, offset = parse_limit(params)
@@ -442,6 +449,253 @@ async def merge_entity(request: Request, tenant: Writer, entity_id: str) -> Resp
 async def delete_entity(request: Request, tenant: Writer, entity_id: str) -> Response:
     await request.app.state.db.awrite(service.delete_entity, tenant.commune_id, entity_id)
     return Response(status_code=204)
+
+
+# ---------------------------------------------------------------- batch operations
+
+MAX_BATCH = 10_000
+
+
+async def _batch_body(request: Request) -> tuple[list[Any], TermMap]:
+    payload, terms, _context = await read_body(request)
+    if not isinstance(payload, list):
+        raise BadRequestData("a batch operation takes a JSON array")
+    if len(payload) > MAX_BATCH:
+        raise BadRequestData(f"a batch holds at most {MAX_BATCH} items")
+    return payload, terms
+
+
+def _parse_batch(
+    payload: list[Any], terms: TermMap, *, require_type: bool
+) -> tuple[list[dict[str, Any]], list[tuple[str, NgsiError]]]:
+    parsed, errors = [], []
+    for item in payload:
+        try:
+            parsed.append(parse_entity(item, terms, require_type=require_type))
+        except NgsiError as error:
+            entity_id = item.get("id") if isinstance(item, dict) else None
+            errors.append((str(entity_id), error))
+    return parsed, errors
+
+
+def _batch_response(
+    result: service.BatchResult, early: list[tuple[str, NgsiError]], *, created_status: bool
+) -> Response:
+    errors = [*early, *result.errors]
+    if errors:
+        body = {
+            "success": result.success,
+            "errors": [
+                {"entityId": entity_id, "error": _problem(error)} for entity_id, error in errors
+            ],
+        }
+        return Response(orjson.dumps(body), 207, media_type="application/json")
+    if created_status and result.created:
+        return Response(orjson.dumps(result.created), 201, media_type="application/json")
+    return Response(status_code=204)
+
+
+def _problem(error: Exception) -> dict[str, Any]:
+    if isinstance(error, NgsiError):
+        return error.problem()
+    return BadRequestData(str(error)).problem()
+
+
+@router.post("/entityOperations/create")
+async def batch_create(request: Request, tenant: Writer) -> Response:
+    payload, terms = await _batch_body(request)
+    entities, errors = _parse_batch(payload, terms, require_type=True)
+    result = await request.app.state.db.awrite(service.create_entities, tenant.commune_id, entities)
+    return _batch_response(result, errors, created_status=True)
+
+
+@router.post("/entityOperations/upsert")
+async def batch_upsert(request: Request, tenant: Writer) -> Response:
+    payload, terms = await _batch_body(request)
+    options = split_list(request.query_params.get("options")) or ["replace"]
+    if not set(options) <= {"replace", "update"} or len(options) > 1:
+        raise BadRequestData("options must be replace or update")
+    entities, errors = _parse_batch(payload, terms, require_type=True)
+    result = await request.app.state.db.awrite(
+        service.upsert_entities, tenant.commune_id, entities, replace=options == ["replace"]
+    )
+    return _batch_response(result, errors, created_status=True)
+
+
+@router.post("/entityOperations/update")
+async def batch_update(request: Request, tenant: Writer) -> Response:
+    payload, terms = await _batch_body(request)
+    options = split_list(request.query_params.get("options"))
+    entities, errors = _parse_batch(payload, terms, require_type=False)
+    result = await request.app.state.db.awrite(
+        service.update_entities,
+        tenant.commune_id,
+        entities,
+        no_overwrite="noOverwrite" in options,
+    )
+    return _batch_response(result, errors, created_status=False)
+
+
+@router.post("/entityOperations/delete")
+async def batch_delete(request: Request, tenant: Writer) -> Response:
+    payload, _terms = await _batch_body(request)
+    if not all(isinstance(item, str) for item in payload):
+        raise BadRequestData("a batch delete takes an array of entity ids")
+    result = await request.app.state.db.awrite(
+        service.delete_entities, tenant.commune_id, list(payload)
+    )
+    return _batch_response(result, [], created_status=False)
+
+
+@router.post("/entityOperations/query")
+async def batch_query(request: Request, tenant: Reader) -> Response:
+    """Query with the parameters in a Query body (for long queries)."""
+    payload, terms, context = await read_body(request)
+    if not isinstance(payload, dict) or payload.get("type") != "Query":
+        raise BadRequestData('the body must be a Query object ({"type": "Query", …})')
+    params = _query_params_from_body(payload, request.query_params)
+    return await _run_query(request, tenant, params, terms, context)
+
+
+def _query_params_from_body(payload: dict[str, Any], query_params: Any) -> dict[str, str]:
+    params = {
+        k: v
+        for k, v in query_params.items()
+        if k in {"limit", "offset", "count", "options", "format", "lang"}
+    }
+    selectors = payload.get("entities") or []
+    if not isinstance(selectors, list) or not all(isinstance(s, dict) for s in selectors):
+        raise BadRequestData("entities must be an array of EntitySelector objects")
+    types = [s["type"] for s in selectors if isinstance(s.get("type"), str)]
+    ids = [s["id"] for s in selectors if isinstance(s.get("id"), str)]
+    patterns = [s["idPattern"] for s in selectors if isinstance(s.get("idPattern"), str)]
+    if types:
+        params["type"] = "|".join(f"({t})" if any(c in t for c in ",;|") else t for t in types)
+    if ids:
+        params["id"] = ",".join(ids)
+    if patterns:
+        params["idPattern"] = "|".join(f"(?:{p})" for p in patterns)
+    if payload.get("attrs"):
+        params["attrs"] = ",".join(payload["attrs"])
+    for key in ("q", "lang", "scopeQ"):
+        if isinstance(payload.get(key), str):
+            params[key] = payload[key]
+    geo = payload.get("geoQ")
+    if isinstance(geo, dict):
+        params.update(
+            {
+                k: v if isinstance(v, str) else orjson.dumps(v).decode()
+                for k, v in geo.items()
+                if k in {"georel", "geometry", "coordinates", "geoproperty"}
+            }
+        )
+    return params
+
+
+# ---------------------------------------------------------------- discovery
+
+
+@router.get("/types")
+def list_types(request: Request, tenant: Reader) -> Response:
+    terms, context = request_terms(request)
+    with request.app.state.db.read() as session:
+        counts = service.type_counts(session, tenant.commune_id)
+        details = (
+            service.attribute_details(session, tenant.commune_id)
+            if request.query_params.get("details") == "true"
+            else None
+        )
+    if details is None:
+        names = sorted(terms.compact(iri) for iri in counts)
+        body: Any = {
+            "id": _list_id("EntityTypeList", names),
+            "type": "EntityTypeList",
+            "typeList": names,
+        }
+    else:
+        body = [
+            {
+                "id": iri,
+                "type": "EntityType",
+                "typeName": terms.compact(iri),
+                "attributeNames": sorted(
+                    terms.compact(a) for a, info in details.items() if iri in info.type_names
+                ),
+            }
+            for iri in sorted(counts)
+        ]
+    return json_response(request, body, context)
+
+
+@router.get("/types/{type_name:path}")
+def type_info(request: Request, tenant: Reader, type_name: str) -> Response:
+    terms, context = request_terms(request)
+    iri = terms.expand(type_name)
+    with request.app.state.db.read() as session:
+        count = service.type_counts(session, tenant.commune_id).get(iri)
+        details = service.attribute_details(session, tenant.commune_id, iri) if count else {}
+    if not count:
+        raise ResourceNotFound(f"no entity of type {type_name}")
+    body = {
+        "id": iri,
+        "type": "EntityTypeInfo",
+        "typeName": terms.compact(iri),
+        "entityCount": count,
+        "attributeDetails": [
+            {
+                "id": attr,
+                "type": "Attribute",
+                "attributeName": terms.compact(attr),
+                "attributeTypes": sorted(info.attribute_types),
+            }
+            for attr, info in sorted(details.items())
+        ],
+    }
+    return json_response(request, body, context)
+
+
+@router.get("/attributes")
+def list_attributes(request: Request, tenant: Reader) -> Response:
+    terms, context = request_terms(request)
+    with request.app.state.db.read() as session:
+        details = service.attribute_details(session, tenant.commune_id)
+    if request.query_params.get("details") == "true":
+        body: Any = [_attribute_body(iri, info, terms) for iri, info in sorted(details.items())]
+    else:
+        names = sorted(terms.compact(iri) for iri in details)
+        body = {
+            "id": _list_id("AttributeList", names),
+            "type": "AttributeList",
+            "attributeList": names,
+        }
+    return json_response(request, body, context)
+
+
+@router.get("/attributes/{attribute_name:path}")
+def attribute_info(request: Request, tenant: Reader, attribute_name: str) -> Response:
+    terms, context = request_terms(request)
+    iri = terms.expand(attribute_name)
+    with request.app.state.db.read() as session:
+        info = service.attribute_details(session, tenant.commune_id).get(iri)
+    if info is None:
+        raise ResourceNotFound(f"no entity has the attribute {attribute_name}")
+    return json_response(request, _attribute_body(iri, info, terms), context)
+
+
+def _attribute_body(iri: str, info: service.AttributeInfo, terms: TermMap) -> dict[str, Any]:
+    return {
+        "id": iri,
+        "type": "Attribute",
+        "attributeName": terms.compact(iri),
+        "attributeCount": info.count,
+        "attributeTypes": sorted(info.attribute_types),
+        "typeNames": sorted(terms.compact(t) for t in info.type_names),
+    }
+
+
+def _list_id(kind: str, names: list[str]) -> str:
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    return f"urn:ngsi-ld:{kind}:{digest}"
 
 
 async def on_ngsi_error(_request: Request, error: NgsiError) -> Response:

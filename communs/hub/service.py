@@ -163,17 +163,8 @@ def project(document: dict[str, Any], attrs: Iterable[str] | None) -> dict[str, 
 def create_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> dict[str, Any]:
     if _row(session, commune_id, entity["id"]) is not None:
         raise AlreadyExists(f"entity {entity['id']} already exists")
-    now = now_iso()
-    document = {"id": entity["id"], "type": entity["type"]}
-    if "scope" in entity:
-        document["scope"] = entity["scope"]
-    document["createdAt"] = document["modifiedAt"] = now
-    for iri in attribute_iris(entity):
-        document[iri] = [stamp(instance, now) for instance in entity[iri]]
-    row = HubEntity(commune_id=commune_id, entity_id=entity["id"], document=document)
-    session.add(row)
-    session.flush()
-    _index(session, row, types_changed=True, geometry_changed=True)
+    document = _new_document(entity, now_iso())
+    _insert_new(session, commune_id, [document])
     return document
 
 
@@ -395,19 +386,211 @@ def _index(session: Session, row: HubEntity, *, types_changed: bool, geometry_ch
         )
     if geometry_changed:
         session.execute(delete(HubGeometry).where(HubGeometry.entity_pk == row.pk))
-        boxes = [(iri, geometry_bbox(value)) for iri, value in _geometries(row.document)]
         rows = [
-            {
-                "entity_pk": row.pk,
-                "commune_id": row.commune_id,
-                "attribute_iri": iri,
-                "min_lon": box[0],
-                "min_lat": box[1],
-                "max_lon": box[2],
-                "max_lat": box[3],
-            }
-            for iri, box in boxes
-            if box is not None
+            _geometry_row(row, iri, box)
+            for iri, value in _geometries(row.document)
+            if (box := geometry_bbox(value)) is not None
         ]
         if rows:
             session.execute(insert(HubGeometry), rows)
+
+
+# ---------------------------------------------------------------- batch operations
+
+
+@dataclass
+class BatchResult:
+    success: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    errors: list[tuple[str, Exception]] = field(default_factory=list)
+
+
+def _rows_by_id(session: Session, commune_id: int, ids: Iterable[str]) -> dict[str, HubEntity]:
+    wanted = list(dict.fromkeys(ids))
+    rows: dict[str, HubEntity] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        statement = select(HubEntity).where(
+            HubEntity.commune_id == commune_id, HubEntity.entity_id.in_(chunk)
+        )
+        rows.update((row.entity_id, row) for row in session.scalars(statement))
+    return rows
+
+
+def _new_document(entity: dict[str, Any], now: str) -> dict[str, Any]:
+    document = {"id": entity["id"], "type": entity["type"]}
+    if "scope" in entity:
+        document["scope"] = entity["scope"]
+    document["createdAt"] = document["modifiedAt"] = now
+    for iri in attribute_iris(entity):
+        document[iri] = [stamp(instance, now) for instance in entity[iri]]
+    return document
+
+
+def _insert_new(session: Session, commune_id: int, documents: list[dict[str, Any]]) -> None:
+    """Insert new entities and their index rows in a few statements."""
+    if not documents:
+        return
+    rows = [HubEntity(commune_id=commune_id, entity_id=d["id"], document=d) for d in documents]
+    session.add_all(rows)
+    session.flush()
+    type_rows = [
+        {"entity_pk": row.pk, "commune_id": commune_id, "type_iri": iri}
+        for row in rows
+        for iri in row.document["type"]
+    ]
+    session.execute(insert(HubEntityType), type_rows)
+    geometry_rows = [
+        _geometry_row(row, iri, box)
+        for row in rows
+        for iri, value in _geometries(row.document)
+        if (box := geometry_bbox(value)) is not None
+    ]
+    if geometry_rows:
+        session.execute(insert(HubGeometry), geometry_rows)
+
+
+def _geometry_row(row: HubEntity, iri: str, box: tuple[float, float, float, float]) -> dict:
+    return {
+        "entity_pk": row.pk,
+        "commune_id": row.commune_id,
+        "attribute_iri": iri,
+        "min_lon": box[0],
+        "min_lat": box[1],
+        "max_lon": box[2],
+        "max_lat": box[3],
+    }
+
+
+def create_entities(session: Session, commune_id: int, entities: list[dict]) -> BatchResult:
+    result = BatchResult()
+    existing = _rows_by_id(session, commune_id, (e["id"] for e in entities))
+    now = now_iso()
+    seen: set[str] = set()
+    fresh = []
+    for entity in entities:
+        if entity["id"] in existing or entity["id"] in seen:
+            result.errors.append((entity["id"], AlreadyExists(f"{entity['id']} already exists")))
+            continue
+        seen.add(entity["id"])
+        fresh.append(_new_document(entity, now))
+        result.success.append(entity["id"])
+    _insert_new(session, commune_id, fresh)
+    result.created = list(result.success)
+    return result
+
+
+def upsert_entities(
+    session: Session, commune_id: int, entities: list[dict], *, replace: bool
+) -> BatchResult:
+    """Create missing entities; replace existing ones (or update their attributes)."""
+    result = BatchResult()
+    existing = _rows_by_id(session, commune_id, (e["id"] for e in entities))
+    now = now_iso()
+    fresh: dict[str, dict[str, Any]] = {}
+    for entity in entities:
+        row = existing.get(entity["id"])
+        if row is None and entity["id"] not in fresh:
+            fresh[entity["id"]] = _new_document(entity, now)
+            result.created.append(entity["id"])
+        elif row is None:
+            _apply_update(fresh[entity["id"]], entity, now, replace=replace)
+        else:
+            document = copy.deepcopy(row.document)
+            _apply_update(document, entity, now, replace=replace)
+            _save(session, row, document)
+        result.success.append(entity["id"])
+    _insert_new(session, commune_id, list(fresh.values()))
+    return result
+
+
+def _apply_update(document: dict[str, Any], entity: dict[str, Any], now: str, *, replace: bool):
+    if replace:
+        for iri in list(attribute_iris(document)):
+            del document[iri]
+        document["type"] = entity.get("type", document["type"])
+    elif "type" in entity:
+        document["type"] = list(dict.fromkeys([*document["type"], *entity["type"]]))
+    if "scope" in entity:
+        document["scope"] = entity["scope"]
+    for iri in attribute_iris(entity):
+        previous = {i.get("datasetId"): i for i in document.get(iri, [])}
+        instances = []
+        for instance in entity[iri]:
+            old = previous.pop(instance.get("datasetId"), None)
+            instances.append(stamp(instance, now, old and old.get("createdAt")))
+        document[iri] = [*previous.values(), *instances]
+    document["modifiedAt"] = now
+
+
+def update_entities(
+    session: Session, commune_id: int, entities: list[dict], *, no_overwrite: bool
+) -> BatchResult:
+    """Batch update: append attributes to existing entities (missing ones are errors)."""
+    result = BatchResult()
+    existing = _rows_by_id(session, commune_id, (e["id"] for e in entities))
+    now = now_iso()
+    for entity in entities:
+        row = existing.get(entity["id"])
+        if row is None:
+            result.errors.append((entity["id"], ResourceNotFound(f"{entity['id']} not found")))
+            continue
+        document = copy.deepcopy(row.document)
+        if no_overwrite:
+            entity = {k: v for k, v in entity.items() if k not in document or k in ENTITY_KEYS}
+        _apply_update(document, entity, now, replace=False)
+        _save(session, row, document)
+        result.success.append(entity["id"])
+    return result
+
+
+def delete_entities(session: Session, commune_id: int, entity_ids: list[str]) -> BatchResult:
+    result = BatchResult()
+    existing = _rows_by_id(session, commune_id, entity_ids)
+    for entity_id in entity_ids:
+        row = existing.pop(entity_id, None)
+        if row is None:
+            result.errors.append((entity_id, ResourceNotFound(f"{entity_id} not found")))
+            continue
+        session.delete(row)
+        result.success.append(entity_id)
+    return result
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def type_counts(session: Session, commune_id: int) -> dict[str, int]:
+    statement = (
+        select(HubEntityType.type_iri, func.count())
+        .where(HubEntityType.commune_id == commune_id)
+        .group_by(HubEntityType.type_iri)
+    )
+    return {iri: int(count) for iri, count in session.execute(statement)}
+
+
+@dataclass
+class AttributeInfo:
+    count: int = 0
+    attribute_types: set[str] = field(default_factory=set)
+    type_names: set[str] = field(default_factory=set)
+
+
+def attribute_details(
+    session: Session, commune_id: int, type_iri: str | None = None
+) -> dict[str, AttributeInfo]:
+    """Per attribute IRI: how many entities carry it, its attribute types, entity types."""
+    statement = select(HubEntity.document).where(HubEntity.commune_id == commune_id)
+    if type_iri is not None:
+        typed = select(HubEntityType.entity_pk).where(
+            HubEntityType.commune_id == commune_id, HubEntityType.type_iri == type_iri
+        )
+        statement = statement.where(HubEntity.pk.in_(typed))
+    details: dict[str, AttributeInfo] = {}
+    for document in session.scalars(statement):
+        for iri in attribute_iris(document):
+            info = details.setdefault(iri, AttributeInfo())
+            info.count += 1
+            info.attribute_types.update(i["type"] for i in document[iri])
+            info.type_names.update(document["type"])
+    return details
