@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -25,10 +26,16 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 commune_app = typer.Typer(help="Communes (tenants) and their addresses.", no_args_is_help=True)
 user_app = typer.Typer(help="Accounts.", no_args_is_help=True)
 apikey_app = typer.Typer(help="API keys for machines.", no_args_is_help=True)
+hub_app = typer.Typer(help="The NGSI-LD hub.", no_args_is_help=True)
+hub_context_app = typer.Typer(
+    help="JSON-LD @contexts the hub serves or keeps (air-gapped sites).", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(commune_app, name="commune")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(hub_app, name="hub")
+hub_app.add_typer(hub_context_app, name="context")
 
 console = Console(stderr=True)
 out = Console()
@@ -277,6 +284,62 @@ def apikey_create(
     except InvalidInput as error:
         _fail(error)
     out.print(issued.secret)
+
+
+@hub_context_app.command("add")
+def hub_context_add(
+    url: Annotated[str, typer.Argument(help="The URL the context answers for.")],
+    file: Annotated[
+        Path, typer.Argument(help="JSON-LD document with an @context.", exists=True, dir_okay=False)
+    ],
+    data_dir: DataDir = None,
+) -> None:
+    """Keep a copy of a remote @context, served for its URL without network."""
+    from communs.hub import contexts
+    from communs.hub.errors import NgsiError
+
+    _settings, db = _open(data_dir)
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+        row = db.write(contexts.add_context, url, document, contexts.CACHED)
+    except (NgsiError, json.JSONDecodeError, OSError, UnicodeDecodeError) as error:
+        _fail(error)
+    out.print(f"{row.kind} {row.url}", markup=False, highlight=False, soft_wrap=True)
+
+
+@hub_context_app.command("list")
+def hub_context_list(data_dir: DataDir = None) -> None:
+    """List the @contexts of the hub."""
+    from communs.hub import contexts
+
+    _settings, db = _open(data_dir)
+    table = Table("url", "kind", "created", "hits")
+    with db.read() as session:
+        for row in contexts.list_contexts(session):
+            table.add_row(
+                escape(row.url),
+                row.kind,
+                row.created_at.isoformat(timespec="seconds"),
+                str(row.hits or 0),
+            )
+    out.print(table)
+
+
+@hub_context_app.command("remove")
+def hub_context_remove(
+    url: Annotated[str, typer.Argument(help="The URL of the context.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Forget an @context (hosted, cached or fetched)."""
+    from communs.hub import contexts
+    from communs.hub.errors import NgsiError
+
+    _settings, db = _open(data_dir)
+    try:
+        row = db.write(contexts.delete_context, url)
+    except NgsiError as error:
+        _fail(error)
+    out.print(f"- {row.url}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -115,7 +115,15 @@ def _json_dumps(value: Any) -> str:
 
 
 class _WriterThread(threading.Thread):
-    """Owns the one SQLite write connection; runs queued units of work in order."""
+    """Owns the one SQLite write connection; runs queued units of work in order.
+
+    Units waiting together are committed together (group commit): one transaction for
+    up to ``GROUP_LIMIT`` units, each caller answered only once that commit is done.
+    If any unit of a group fails, the group is rolled back and its units run again one
+    by one, so a failing unit never takes its neighbours down with it.
+    """
+
+    GROUP_LIMIT = 64
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         super().__init__(name="communs-sqlite-writer", daemon=True)
@@ -124,12 +132,43 @@ class _WriterThread(threading.Thread):
 
     def run(self) -> None:
         while True:
-            item = self.work.get()
-            if item is None:
+            group, stop = self._next_group()
+            if group:
+                self._run_group(group)
+            if stop:
                 return
-            unit, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
+
+    def _next_group(self) -> tuple[list[tuple[Callable[[Session], Any], Future[Any]]], bool]:
+        item = self.work.get()
+        if item is None:
+            return [], True
+        group = [item]
+        while len(group) < self.GROUP_LIMIT:
+            try:
+                item = self.work.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return self._claimed(group), True
+            group.append(item)
+        return self._claimed(group), False
+
+    @staticmethod
+    def _claimed(group: list) -> list:
+        return [(unit, future) for unit, future in group if future.set_running_or_notify_cancel()]
+
+    def _run_group(self, group: list[tuple[Callable[[Session], Any], Future[Any]]]) -> None:
+        if len(group) > 1:
+            try:
+                with self.sessions.begin() as session:
+                    results = [unit(session) for unit, _future in group]
+            except BaseException:  # noqa: BLE001 - the units are run again one by one
+                pass
+            else:
+                for (_unit, future), result in zip(group, results, strict=True):
+                    future.set_result(result)
+                return
+        for unit, future in group:
             try:
                 with self.sessions.begin() as session:
                     result = unit(session)

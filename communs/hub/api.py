@@ -112,7 +112,7 @@ def _link_context(request: Request) -> str | None:
 
 def _terms(request: Request, context: Any) -> TermMap:
     try:
-        return term_map(context, getattr(request.app.state, "hub_context_loader", None))
+        return term_map(context, contexts.loader_for(request.app))
     except ContextNotAvailable as error:
         raise LdContextNotAvailable(f"@context {error} could not be retrieved") from error
     except InvalidContext as error:
@@ -703,3 +703,7 @@ async def on_ngsi_error(_request: Request, error: NgsiError) -> Response:
 
 
 EXCEPTION_HANDLERS = {NgsiError: on_ngsi_error}
+
+
+# The @context store (clause 5.13) adds its routes to ``router`` when imported.
+from communs.hub import contexts  # noqa: E402 - it imports tenant_reader/tenant_writer from here

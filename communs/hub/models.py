@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from communs.core.db import Base, JSONType
+from communs.core.db import Base, JSONType, UTCDateTime, utcnow
 
 
 class HubEntity(Base):
@@ -54,3 +55,20 @@ class HubGeometry(Base):
     min_lat: Mapped[float] = mapped_column(Float)
     max_lon: Mapped[float] = mapped_column(Float)
     max_lat: Mapped[float] = mapped_column(Float)
+
+
+class HubContext(Base):
+    """A JSON-LD @context the hub serves or knows (instance-wide, not per commune).
+
+    ``kind`` is "hosted" (pushed through the API and served by us), "cached" (an
+    operator-provided copy of a remote context, for air-gapped sites) or "fetched"
+    (fetched from its URL on first use and kept).
+    """
+
+    __tablename__ = "hub_contexts"
+
+    url: Mapped[str] = mapped_column(String(512), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    document: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -6,13 +6,13 @@ never visible from another. Write functions are units of work for ``Database.wri
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+import orjson
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from communs.hub.document import (
@@ -40,17 +40,45 @@ class UpdateResult:
 # ---------------------------------------------------------------- reading
 
 
-def _row(session: Session, commune_id: int, entity_id: str) -> HubEntity | None:
-    return session.scalar(
-        select(HubEntity).where(
-            HubEntity.commune_id == commune_id, HubEntity.entity_id == entity_id
+ENTITIES = HubEntity.__table__
+TYPES = HubEntityType.__table__
+GEOMETRIES = HubGeometry.__table__
+
+
+@dataclass
+class Stored:
+    """A loaded entity: its document is edited in place, then ``_store``d."""
+
+    pk: int
+    commune_id: int
+    document: dict[str, Any]
+    types: tuple[str, ...]
+    geometry: bytes
+
+    @classmethod
+    def loaded(cls, pk: int, commune_id: int, document: dict[str, Any]) -> Stored:
+        return cls(
+            pk, commune_id, document, tuple(document["type"]), orjson.dumps(_geometries(document))
         )
-    )
+
+
+# Built once: on the hot path, building statements costs more than running them.
+_LOAD = select(ENTITIES.c.pk, ENTITIES.c.document).where(
+    ENTITIES.c.commune_id == bindparam("commune"), ENTITIES.c.entity_id == bindparam("entity")
+)
+_SAVE = update(ENTITIES).where(ENTITIES.c.pk == bindparam("entity_pk"))
+_DELETE = delete(ENTITIES).where(ENTITIES.c.pk == bindparam("entity_pk"))
+
+
+def _load(session: Session, commune_id: int, entity_id: str) -> Stored | None:
+    row = session.connection().execute(_LOAD, {"commune": commune_id, "entity": entity_id})
+    found = row.first()
+    return None if found is None else Stored.loaded(found.pk, commune_id, found.document)
 
 
 def find_entity(session: Session, commune_id: int, entity_id: str) -> dict[str, Any] | None:
-    row = _row(session, commune_id, entity_id)
-    return None if row is None else row.document
+    stored = _load(session, commune_id, entity_id)
+    return None if stored is None else stored.document
 
 
 def get_entity(session: Session, commune_id: int, entity_id: str) -> dict[str, Any]:
@@ -161,7 +189,7 @@ def project(document: dict[str, Any], attrs: Iterable[str] | None) -> dict[str, 
 
 
 def create_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> dict[str, Any]:
-    if _row(session, commune_id, entity["id"]) is not None:
+    if _load(session, commune_id, entity["id"]) is not None:
         raise AlreadyExists(f"entity {entity['id']} already exists")
     document = _new_document(entity, now_iso())
     _insert_new(session, commune_id, [document])
@@ -169,15 +197,14 @@ def create_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> 
 
 
 def delete_entity(session: Session, commune_id: int, entity_id: str) -> None:
-    row = _row(session, commune_id, entity_id)
-    if row is None:
-        raise ResourceNotFound(f"entity {entity_id} not found")
-    session.delete(row)
+    stored = _editable(session, commune_id, entity_id)
+    session.connection().execute(_DELETE, {"entity_pk": stored.pk})
 
 
 def replace_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> dict[str, Any]:
     """PUT: the entity becomes exactly the given one (its creation time is kept)."""
-    row, document = _editable(session, commune_id, entity["id"])
+    stored = _editable(session, commune_id, entity["id"])
+    document = stored.document
     now = now_iso()
     replaced = {"id": document["id"], "type": entity.get("type", document["type"])}
     if "scope" in entity:
@@ -185,13 +212,15 @@ def replace_entity(session: Session, commune_id: int, entity: dict[str, Any]) ->
     replaced["createdAt"], replaced["modifiedAt"] = document["createdAt"], now
     for iri in attribute_iris(entity):
         replaced[iri] = [stamp(instance, now) for instance in entity[iri]]
-    _save(session, row, replaced)
+    stored.document = replaced
+    _store(session, stored)
     return replaced
 
 
 def merge_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> dict[str, Any]:
     """PATCH /entities/{id}: merge attributes; a null attribute value deletes it."""
-    row, document = _editable(session, commune_id, entity["id"])
+    stored = _editable(session, commune_id, entity["id"])
+    document = stored.document
     now = now_iso()
     if "type" in entity:
         document["type"] = list(dict.fromkeys([*document["type"], *entity["type"]]))
@@ -206,7 +235,7 @@ def merge_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> d
         for instance in instances:
             _merge_instance(current, instance, now)
     document["modifiedAt"] = now
-    _save(session, row, document)
+    _store(session, stored)
     return document
 
 
@@ -220,7 +249,8 @@ def append_attributes(
     entity_type: list[str] | None = None,
 ) -> UpdateResult:
     """POST /entities/{id}/attrs: add attributes, replacing existing ones unless told not to."""
-    row, document = _editable(session, commune_id, entity_id)
+    stored = _editable(session, commune_id, entity_id)
+    document = stored.document
     result = UpdateResult()
     now = now_iso()
     if entity_type:
@@ -240,7 +270,7 @@ def append_attributes(
             result.updated.append(iri)
         else:
             result.not_updated.append((iri, "attribute exists and noOverwrite was given"))
-    _finish(session, row, document, result, now)
+    _finish(session, stored, result, now)
     return result
 
 
@@ -248,7 +278,8 @@ def update_attributes(
     session: Session, commune_id: int, entity_id: str, attributes: dict[str, Any]
 ) -> UpdateResult:
     """PATCH /entities/{id}/attrs: replace attributes that exist; report the others."""
-    row, document = _editable(session, commune_id, entity_id)
+    stored = _editable(session, commune_id, entity_id)
+    document = stored.document
     result = UpdateResult()
     now = now_iso()
     for iri, instances in attributes.items():
@@ -264,7 +295,7 @@ def update_attributes(
             existing = _find_instance(current, instance.get("datasetId"))
             current[current.index(existing)] = stamp(instance, now, existing.get("createdAt"))
         result.updated.append(iri)
-    _finish(session, row, document, result, now)
+    _finish(session, stored, result, now)
     return result
 
 
@@ -272,7 +303,8 @@ def update_attribute(
     session: Session, commune_id: int, entity_id: str, iri: str, fragment: dict[str, Any]
 ) -> None:
     """PATCH /entities/{id}/attrs/{attrId}: merge members into one existing instance."""
-    row, document = _editable(session, commune_id, entity_id)
+    stored = _editable(session, commune_id, entity_id)
+    document = stored.document
     existing = _find_instance(document.get(iri) or [], fragment.get("datasetId"))
     if existing is None:
         raise ResourceNotFound(f"attribute {iri} not found in entity {entity_id}")
@@ -282,7 +314,7 @@ def update_attribute(
     existing.update(fragment)
     stamp(existing, now, existing.get("createdAt") or now)
     document["modifiedAt"] = now
-    _save(session, row, document)
+    _store(session, stored)
 
 
 def delete_attribute(
@@ -294,7 +326,8 @@ def delete_attribute(
     dataset_id: str | None,
     delete_all: bool,
 ) -> None:
-    row, document = _editable(session, commune_id, entity_id)
+    stored = _editable(session, commune_id, entity_id)
+    document = stored.document
     current = document.get(iri)
     if not current:
         raise ResourceNotFound(f"attribute {iri} not found in entity {entity_id}")
@@ -308,14 +341,14 @@ def delete_attribute(
         if not current:
             del document[iri]
     document["modifiedAt"] = now_iso()
-    _save(session, row, document)
+    _store(session, stored)
 
 
-def _editable(session: Session, commune_id: int, entity_id: str) -> tuple[HubEntity, dict]:
-    row = _row(session, commune_id, entity_id)
-    if row is None:
+def _editable(session: Session, commune_id: int, entity_id: str) -> Stored:
+    stored = _load(session, commune_id, entity_id)
+    if stored is None:
         raise ResourceNotFound(f"entity {entity_id} not found")
-    return row, copy.deepcopy(row.document)
+    return stored
 
 
 def _find_instance(instances: list[dict[str, Any]], dataset_id: str | None) -> dict | None:
@@ -343,26 +376,30 @@ def _merge_into(existing: dict[str, Any], instance: dict[str, Any], now: str) ->
     stamp(existing, now, created)
 
 
-def _finish(
-    session: Session, row: HubEntity, document: dict, result: UpdateResult, now: str
-) -> None:
+def _finish(session: Session, stored: Stored, result: UpdateResult, now: str) -> None:
+    document = stored.document
     for iri, _reason in result.not_updated:
         if document.get(iri) == []:
             del document[iri]
     if result.updated:
         document["modifiedAt"] = now
-        _save(session, row, document)
+        _store(session, stored)
 
 
-def _save(session: Session, row: HubEntity, document: dict[str, Any]) -> None:
-    previous = row.document
-    row.document = document
-    _index(
-        session,
-        row,
-        types_changed=previous.get("type") != document.get("type"),
-        geometry_changed=_geometries(previous) != _geometries(document),
-    )
+def _store(session: Session, stored: Stored) -> None:
+    """Write the edited document; refresh the type and geometry indexes if they changed."""
+    document = stored.document
+    session.connection().execute(_SAVE, {"entity_pk": stored.pk, "document": document})
+    if tuple(document["type"]) != stored.types:
+        session.execute(delete(TYPES).where(TYPES.c.entity_pk == stored.pk))
+        session.execute(insert(TYPES), _type_rows(stored.pk, stored.commune_id, document))
+    if orjson.dumps(_geometries(document)) != stored.geometry:
+        session.execute(delete(GEOMETRIES).where(GEOMETRIES.c.entity_pk == stored.pk))
+        rows = _geometry_rows(stored.pk, stored.commune_id, document)
+        if rows:
+            session.execute(insert(GEOMETRIES), rows)
+    stored.types = tuple(document["type"])
+    stored.geometry = orjson.dumps(_geometries(document))
 
 
 def _geometries(document: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -372,27 +409,6 @@ def _geometries(document: dict[str, Any]) -> list[tuple[str, Any]]:
         for instance in document[iri]
         if instance.get("type") == "GeoProperty"
     ]
-
-
-def _index(session: Session, row: HubEntity, *, types_changed: bool, geometry_changed: bool):
-    if types_changed:
-        session.execute(delete(HubEntityType).where(HubEntityType.entity_pk == row.pk))
-        session.execute(
-            insert(HubEntityType),
-            [
-                {"entity_pk": row.pk, "commune_id": row.commune_id, "type_iri": iri}
-                for iri in row.document["type"]
-            ],
-        )
-    if geometry_changed:
-        session.execute(delete(HubGeometry).where(HubGeometry.entity_pk == row.pk))
-        rows = [
-            _geometry_row(row, iri, box)
-            for iri, value in _geometries(row.document)
-            if (box := geometry_bbox(value)) is not None
-        ]
-        if rows:
-            session.execute(insert(HubGeometry), rows)
 
 
 # ---------------------------------------------------------------- batch operations
@@ -405,16 +421,17 @@ class BatchResult:
     errors: list[tuple[str, Exception]] = field(default_factory=list)
 
 
-def _rows_by_id(session: Session, commune_id: int, ids: Iterable[str]) -> dict[str, HubEntity]:
+def _load_many(session: Session, commune_id: int, ids: Iterable[str]) -> dict[str, Stored]:
     wanted = list(dict.fromkeys(ids))
-    rows: dict[str, HubEntity] = {}
+    found: dict[str, Stored] = {}
     for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        statement = select(HubEntity).where(
-            HubEntity.commune_id == commune_id, HubEntity.entity_id.in_(chunk)
+        statement = select(ENTITIES.c.pk, ENTITIES.c.document).where(
+            ENTITIES.c.commune_id == commune_id,
+            ENTITIES.c.entity_id.in_(wanted[start : start + 500]),
         )
-        rows.update((row.entity_id, row) for row in session.scalars(statement))
-    return rows
+        for row in session.execute(statement):
+            found[row.document["id"]] = Stored.loaded(row.pk, commune_id, row.document)
+    return found
 
 
 def _new_document(entity: dict[str, Any], now: str) -> dict[str, Any]:
@@ -431,40 +448,55 @@ def _insert_new(session: Session, commune_id: int, documents: list[dict[str, Any
     """Insert new entities and their index rows in a few statements."""
     if not documents:
         return
-    rows = [HubEntity(commune_id=commune_id, entity_id=d["id"], document=d) for d in documents]
-    session.add_all(rows)
-    session.flush()
+    pks = (
+        session.execute(
+            insert(ENTITIES).returning(ENTITIES.c.pk, sort_by_parameter_order=True),
+            [{"commune_id": commune_id, "entity_id": d["id"], "document": d} for d in documents],
+        )
+        .scalars()
+        .all()
+    )
     type_rows = [
-        {"entity_pk": row.pk, "commune_id": commune_id, "type_iri": iri}
-        for row in rows
-        for iri in row.document["type"]
+        row for pk, d in zip(pks, documents, strict=True) for row in _type_rows(pk, commune_id, d)
     ]
-    session.execute(insert(HubEntityType), type_rows)
+    session.execute(insert(TYPES), type_rows)
     geometry_rows = [
-        _geometry_row(row, iri, box)
-        for row in rows
-        for iri, value in _geometries(row.document)
-        if (box := geometry_bbox(value)) is not None
+        row
+        for pk, d in zip(pks, documents, strict=True)
+        for row in _geometry_rows(pk, commune_id, d)
     ]
     if geometry_rows:
-        session.execute(insert(HubGeometry), geometry_rows)
+        session.execute(insert(GEOMETRIES), geometry_rows)
 
 
-def _geometry_row(row: HubEntity, iri: str, box: tuple[float, float, float, float]) -> dict:
-    return {
-        "entity_pk": row.pk,
-        "commune_id": row.commune_id,
-        "attribute_iri": iri,
-        "min_lon": box[0],
-        "min_lat": box[1],
-        "max_lon": box[2],
-        "max_lat": box[3],
-    }
+def _type_rows(pk: int, commune_id: int, document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"entity_pk": pk, "commune_id": commune_id, "type_iri": iri} for iri in document["type"]
+    ]
+
+
+def _geometry_rows(pk: int, commune_id: int, document: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for iri, value in _geometries(document):
+        box = geometry_bbox(value)
+        if box is not None:
+            rows.append(
+                {
+                    "entity_pk": pk,
+                    "commune_id": commune_id,
+                    "attribute_iri": iri,
+                    "min_lon": box[0],
+                    "min_lat": box[1],
+                    "max_lon": box[2],
+                    "max_lat": box[3],
+                }
+            )
+    return rows
 
 
 def create_entities(session: Session, commune_id: int, entities: list[dict]) -> BatchResult:
     result = BatchResult()
-    existing = _rows_by_id(session, commune_id, (e["id"] for e in entities))
+    existing = _load_many(session, commune_id, (e["id"] for e in entities))
     now = now_iso()
     seen: set[str] = set()
     fresh = []
@@ -485,20 +517,19 @@ def upsert_entities(
 ) -> BatchResult:
     """Create missing entities; replace existing ones (or update their attributes)."""
     result = BatchResult()
-    existing = _rows_by_id(session, commune_id, (e["id"] for e in entities))
+    existing = _load_many(session, commune_id, (e["id"] for e in entities))
     now = now_iso()
     fresh: dict[str, dict[str, Any]] = {}
     for entity in entities:
-        row = existing.get(entity["id"])
-        if row is None and entity["id"] not in fresh:
+        stored = existing.get(entity["id"])
+        if stored is None and entity["id"] not in fresh:
             fresh[entity["id"]] = _new_document(entity, now)
             result.created.append(entity["id"])
-        elif row is None:
+        elif stored is None:
             _apply_update(fresh[entity["id"]], entity, now, replace=replace)
         else:
-            document = copy.deepcopy(row.document)
-            _apply_update(document, entity, now, replace=replace)
-            _save(session, row, document)
+            _apply_update(stored.document, entity, now, replace=replace)
+            _store(session, stored)
         result.success.append(entity["id"])
     _insert_new(session, commune_id, list(fresh.values()))
     return result
@@ -528,31 +559,32 @@ def update_entities(
 ) -> BatchResult:
     """Batch update: append attributes to existing entities (missing ones are errors)."""
     result = BatchResult()
-    existing = _rows_by_id(session, commune_id, (e["id"] for e in entities))
+    existing = _load_many(session, commune_id, (e["id"] for e in entities))
     now = now_iso()
     for entity in entities:
-        row = existing.get(entity["id"])
-        if row is None:
+        stored = existing.get(entity["id"])
+        if stored is None:
             result.errors.append((entity["id"], ResourceNotFound(f"{entity['id']} not found")))
             continue
-        document = copy.deepcopy(row.document)
         if no_overwrite:
-            entity = {k: v for k, v in entity.items() if k not in document or k in ENTITY_KEYS}
-        _apply_update(document, entity, now, replace=False)
-        _save(session, row, document)
+            entity = {
+                k: v for k, v in entity.items() if k not in stored.document or k in ENTITY_KEYS
+            }
+        _apply_update(stored.document, entity, now, replace=False)
+        _store(session, stored)
         result.success.append(entity["id"])
     return result
 
 
 def delete_entities(session: Session, commune_id: int, entity_ids: list[str]) -> BatchResult:
     result = BatchResult()
-    existing = _rows_by_id(session, commune_id, entity_ids)
+    existing = _load_many(session, commune_id, entity_ids)
     for entity_id in entity_ids:
-        row = existing.pop(entity_id, None)
-        if row is None:
+        stored = existing.pop(entity_id, None)
+        if stored is None:
             result.errors.append((entity_id, ResourceNotFound(f"{entity_id} not found")))
             continue
-        session.delete(row)
+        session.connection().execute(_DELETE, {"entity_pk": stored.pk})
         result.success.append(entity_id)
     return result
 

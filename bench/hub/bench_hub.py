@@ -1,0 +1,341 @@
+"""Benchmarks of the NGSI-LD hub against a reference measured in the same run.
+
+    python bench/hub/bench_hub.py patch|batch|query|all [--database-url URL]
+
+Each run starts a real ``communs serve`` on loopback, loads data through the API and
+measures with ``wrk`` (PATCH) or an HTTP client (batch, query). Nothing is asserted:
+the figures are printed, with their ratio to the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import orjson
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from communs.core import migrate, service  # noqa: E402
+from communs.core.db import Database, JSONType  # noqa: E402
+from communs.core.settings import normalise_database_url  # noqa: E402
+
+TENANT = "bench"
+PATCH_LUA = """
+local ids = {}
+for i = 1, %(count)d do ids[i] = "urn:ngsi-ld:Sensor:" .. i end
+request = function()
+  local id = ids[math.random(1, #ids)]
+  local body = '{"temperature":{"type":"Property","value":' .. math.random(0, 400) / 10 .. '}}'
+  return wrk.format("PATCH", "/ngsi-ld/v1/entities/" .. id .. "/attrs", {
+    ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer %(key)s",
+    ["NGSILD-Tenant"] = "%(tenant)s",
+  }, body)
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(base: str, process: subprocess.Popen, path: str = "/healthz") -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(base + path, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit("server did not start")
+
+
+@contextmanager
+def database(url: str | None, folder: Path):
+    if url is None:
+        yield f"sqlite:///{folder / 'bench.sqlite3'}"
+        return
+    admin_url = normalise_database_url(url)
+    name = f"communs_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def communs_server(database_url: str, folder: Path):
+    migrate.upgrade(database_url)
+    db = Database(database_url)
+    commune = db.write(
+        service.create_commune, slug=TENANT, name="Banc d'essai", insee_code="37998", boundary=None
+    )
+    key = db.write(
+        service.create_api_key,
+        commune_id=commune.id,
+        name="bench",
+        scopes=["hub:read", "hub:write"],
+    ).secret
+    db.close()
+    port = free_port()
+    env = {
+        **os.environ,
+        "COMMUNS_DATABASE_URL": database_url,
+        "COMMUNS_HUB_DEFAULT_TENANT": TENANT,
+        "COMMUNS_SECRET_KEY": "bench",
+    }
+    log = open(folder / "serve.log", "ab")  # noqa: SIM115 - closed with the server
+    process = subprocess.Popen(
+        [sys.executable, "-m", "communs", "serve", "--port", str(port), "--data-dir", str(folder)],
+        env=env,
+        stdout=log,
+        stderr=log,
+        cwd=ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base, process)
+        yield base, key
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+@contextmanager
+def reference_server():
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "reference_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=Path(__file__).parent,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base, process, "/")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def sensors(count: int, start: int = 1) -> list[dict]:
+    rng = random.Random(start)
+    return [
+        {
+            "id": f"urn:ngsi-ld:Sensor:{n}",
+            "type": "Sensor",
+            "temperature": {
+                "type": "Property",
+                "value": round(rng.uniform(0, 40), 1),
+                "unitCode": "CEL",
+            },
+            "status": {"type": "Property", "value": rng.choice(["ok", "ko", "maintenance"])},
+            "location": {
+                "type": "GeoProperty",
+                "value": {
+                    "type": "Point",
+                    "coordinates": [
+                        round(rng.uniform(0.6, 0.8), 6),
+                        round(rng.uniform(47.3, 47.5), 6),
+                    ],
+                },
+            },
+        }
+        for n in range(start, start + count)
+    ]
+
+
+def post_batches(base: str, key: str, entities: list[dict], size: int = 1000) -> float:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    begin = time.perf_counter()
+    with httpx.Client(base_url=base, timeout=120) as client:
+        for start in range(0, len(entities), size):
+            response = client.post(
+                "/ngsi-ld/v1/entityOperations/upsert",
+                content=orjson.dumps(entities[start : start + size]),
+                headers=headers,
+            )
+            if response.status_code not in (201, 204):
+                raise SystemExit(f"upsert failed: {response.status_code} {response.text[:300]}")
+    return time.perf_counter() - begin
+
+
+def run_wrk(base: str, script: str, seconds: int, connections: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", handle.name, base],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(handle.name)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "rps": rate,
+        "p50": _latency(output, "50%"),
+        "p99": _latency(output, "99%"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def _latency(output: str, percentile: str) -> float:
+    match = re.search(rf"{re.escape(percentile)}\s+([\d.]+)(us|ms|s)", output)
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def bench_patch(args: argparse.Namespace, folder: Path) -> None:
+    with database(args.database_url, folder) as url, communs_server(url, folder) as (base, key):
+        post_batches(base, key, sensors(args.entities))
+        script = PATCH_LUA % {"count": args.entities, "key": key, "tenant": TENANT}
+        run_wrk(base, script, 2, args.connections)  # warm-up
+        ours = run_wrk(base, script, args.seconds, args.connections)
+    with reference_server() as base:
+        reference = run_wrk(base, script, args.seconds, args.connections)
+    print(
+        f"PATCH /entities/{{id}}/attrs, {args.connections} clients, {args.seconds}s, "
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}"
+    )
+    print(
+        f"  communs   : {ours['rps']:8.0f} req/s  p50 {ours['p50']:6.2f} ms  "
+        f"p99 {ours['p99']:6.2f} ms  non-2xx {ours['non_2xx']}"
+    )
+    print(
+        f"  reference : {reference['rps']:8.0f} req/s  p50 {reference['p50']:6.2f} ms  "
+        f"p99 {reference['p99']:6.2f} ms  (bare Starlette handler)"
+    )
+    print(f"  ratio     : {ours['rps'] / reference['rps']:.2f} of the reference")
+
+
+def bench_batch(args: argparse.Namespace, folder: Path) -> None:
+    total = args.batch_entities
+    entities = sensors(total)
+    with database(args.database_url, folder) as url:
+        with communs_server(url, folder) as (base, key):
+            elapsed = post_batches(base, key, entities)
+        reference = reference_insert(url, entities)
+    rate = total / elapsed
+    print(
+        f"batch upsert, 1,000 entities per request, {total} entities, "
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}"
+    )
+    print(f"  communs   : {rate:9.0f} entities/s")
+    print(f"  reference : {total / reference:9.0f} entities/s (raw SQLAlchemy Core insert)")
+    print(f"  ratio     : {reference / elapsed:.2f} of the reference")
+
+
+def reference_insert(url: str, entities: list[dict]) -> float:
+    engine = create_engine(url, json_serializer=lambda v: orjson.dumps(v).decode())
+    metadata = MetaData()
+    table = Table(
+        f"bench_reference_{uuid.uuid4().hex[:6]}",
+        metadata,
+        Column("pk", Integer, primary_key=True),
+        Column("commune_id", Integer),
+        Column("entity_id", String(256)),
+        Column("document", JSONType),
+    )
+    metadata.create_all(engine)
+    rows = [{"commune_id": 1, "entity_id": e["id"], "document": e} for e in entities]
+    begin = time.perf_counter()
+    with engine.begin() as connection:
+        for start in range(0, len(rows), 1000):
+            connection.execute(insert(table), rows[start : start + 1000])
+    elapsed = time.perf_counter() - begin
+    metadata.drop_all(engine)
+    engine.dispose()
+    return elapsed
+
+
+def bench_query(args: argparse.Namespace, folder: Path) -> None:
+    queries = {
+        "type + q": {"type": "Sensor", "q": 'temperature>39.5;status=="ok"', "limit": "100"},
+        "geo near": {
+            "type": "Sensor",
+            "georel": "near;maxDistance==200",
+            "geometry": "Point",
+            "coordinates": "[0.7,47.4]",
+            "limit": "100",
+        },
+    }
+    with database(args.database_url, folder) as url, communs_server(url, folder) as (base, key):
+        post_batches(base, key, sensors(args.query_entities))
+        results = {}
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for name, params in queries.items():
+                timings = []
+                for _ in range(args.repeat):
+                    begin = time.perf_counter()
+                    response = client.get("/ngsi-ld/v1/entities", params=params)
+                    timings.append((time.perf_counter() - begin) * 1000)
+                    assert response.status_code == 200, response.text
+                results[name] = (timings, len(response.json()))
+    print(
+        f"queries over {args.query_entities} entities, "
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}"
+    )
+    for name, (timings, found) in results.items():
+        q = statistics.quantiles(timings, n=20)
+        print(
+            f"  {name:9}: p50 {statistics.median(timings):7.1f} ms  p95 {q[18]:7.1f} ms  "
+            f"({found} results)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("which", choices=["patch", "batch", "query", "all"])
+    parser.add_argument("--database-url")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--entities", type=int, default=1000)
+    parser.add_argument("--batch-entities", type=int, default=50_000)
+    parser.add_argument("--query-entities", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=40)
+    args = parser.parse_args()
+    for which in ["patch", "batch", "query"] if args.which == "all" else [args.which]:
+        with tempfile.TemporaryDirectory() as folder:
+            {"patch": bench_patch, "batch": bench_batch, "query": bench_query}[which](
+                args, Path(folder)
+            )
+
+
+if __name__ == "__main__":
+    main()
