@@ -12,7 +12,13 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 from fastapi.responses import HTMLResponse, Response
 
 from communs.core import addresses, jobs, service
-from communs.core.auth import COMMUNE_ADMIN, CommuneContext, commune_access, instance_admin
+from communs.core.auth import (
+    COMMUNE_ADMIN,
+    CommuneContext,
+    commune_access,
+    forget_api_keys,
+    instance_admin,
+)
 from communs.core.i18n import gettext as _
 from communs.core.models import Address, Role
 from communs.core.service import InvalidInput, NotFound
@@ -316,6 +322,7 @@ async def create_api_key(request: Request) -> Response:
 def revoke_api_key(request: Request, key_id: int) -> Response:
     try:
         request.app.state.db.write(service.revoke_api_key, key_id)
+        forget_api_keys()
     except NotFound:
         return redirect(request, "/admin/api-keys", _("Clé inconnue."), kind="error")
     return redirect(request, "/admin/api-keys", _("La clé est révoquée."))

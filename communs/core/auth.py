@@ -16,11 +16,16 @@ from typing import Any
 from fastapi import Request
 
 from communs.core import service
+from communs.core.cache import TtlCache
 from communs.core.db import utcnow
 from communs.core.models import ApiKey, Commune, Role, User
+from communs.core.security import token_hash
 
 SESSION_COOKIE = "communs_session"
 ACCESS_ATTRIBUTE = "__communs_access__"
+# Machines call often: a key is checked against the database at most every 10 seconds,
+# so a revocation takes effect within that delay in every process.
+_api_keys: TtlCache[ApiKey | None] = TtlCache(ttl=10)
 # "Last used" is kept to the minute: a write per request would slow every machine call.
 KEY_USE_RESOLUTION = dt.timedelta(minutes=1)
 
@@ -87,14 +92,14 @@ def load_principal(request: Request) -> Principal:
     principal = Principal()
     bearer = _bearer(request)
     if bearer is not None:
-        with db.read() as session:
-            key = service.api_key_for_secret(session, bearer)
+        key = _api_keys.get_or_load(token_hash(bearer), lambda: _read_api_key(db, bearer))
         if key is None:
             raise LoginRequired("invalid API key")
         principal.api_key = key
         now = utcnow()
         if key.last_used_at is None or now - key.last_used_at > KEY_USE_RESOLUTION:
-            db.write(_touch_api_key, key.id, now)
+            key.last_used_at = now  # the remembered key: touched once a minute, not per call
+            db.write_later(_touch_api_key, key.id, now)
     else:
         token = request.cookies.get(SESSION_COOKIE)
         if token:
@@ -106,6 +111,16 @@ def load_principal(request: Request) -> Principal:
                     principal.roles.setdefault(membership.commune_id, set()).add(membership.role)
     request.state.principal = principal
     return principal
+
+
+def _read_api_key(db: Any, secret: str) -> ApiKey | None:
+    with db.read() as session:
+        return service.api_key_for_secret(session, secret)
+
+
+def forget_api_keys() -> None:
+    """Drop remembered keys at once (after a revocation in this process)."""
+    _api_keys.clear()
 
 
 def _touch_api_key(session: Any, key_id: int, now: dt.datetime) -> None:

@@ -210,24 +210,37 @@ class Database:
         An exception rolls the whole unit back and is raised to the caller.
         """
 
-        # The unit runs with the caller's context (its language, for messages).
+        if not self.is_sqlite:
+            with self.write_sessions.begin() as session:
+                return unit(session, *args, **kwargs)
+        return self._submit(unit, *args, **kwargs).result()
+
+    def write_later(self, unit: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue a unit whose outcome nobody waits for (bookkeeping such as "last used")."""
+        if self.is_sqlite:
+            self._submit(unit, *args, **kwargs)
+        else:
+            self.write(unit, *args, **kwargs)
+
+    def _submit(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Queue a unit for the SQLite writer; it runs with the caller's context (language)."""
+        writer = self._ensure_writer()
+        if threading.current_thread() is writer:
+            raise RuntimeError("Database.write() called from inside a write unit")
         context = contextvars.copy_context()
 
         def bound(session: Session) -> T:
             return context.run(unit, session, *args, **kwargs)
 
-        if not self.is_sqlite:
-            with self.write_sessions.begin() as session:
-                return bound(session)
-        writer = self._ensure_writer()
-        if threading.current_thread() is writer:
-            raise RuntimeError("Database.write() called from inside a write unit")
         future: Future[T] = Future()
         writer.work.put((bound, future))
-        return future.result()
+        return future
 
     async def awrite(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(self.write, unit, *args, **kwargs)
+        """``write`` for async code: on SQLite the event loop awaits the writer directly."""
+        if not self.is_sqlite:
+            return await asyncio.to_thread(self.write, unit, *args, **kwargs)
+        return await asyncio.wrap_future(self._submit(unit, *args, **kwargs))
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

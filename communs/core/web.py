@@ -210,7 +210,7 @@ class ShellMiddleware:
             )
         seed = cookies.get(CSRF_COOKIE)
         new_seed = None
-        if not seed or len(seed) > 100:
+        if (not seed or len(seed) > 100) and not _is_machine_path(scope["path"]):
             seed = new_seed = secrets.token_urlsafe(24)
         scope.setdefault("state", {})["csrf_seed"] = seed
         token = i18n.set_language(language)
@@ -231,6 +231,11 @@ class ShellMiddleware:
             await self.app(scope, receive, send_with_headers)
         finally:
             i18n._current_language.reset(token)
+
+
+def _is_machine_path(path: str) -> bool:
+    """APIs for machines: no forms there, so no CSRF cookie to hand out."""
+    return path.startswith(("/ngsi-ld/", "/api/")) or "/api/" in path
 
 
 def _cookies(scope: Scope) -> dict[str, str]:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from communs.core.auth import LoginRequired, load_principal, mark_access
+from communs.core.cache import TtlCache
 from communs.core.service import list_communes
 from communs.core.tenancy import NGSILD_TENANT_HEADER, commune_for_ngsild_tenant
 from communs.hub import service
@@ -62,25 +63,33 @@ class Tenant:
 
 def _tenant(request: Request) -> Tenant:
     header = request.headers.get(NGSILD_TENANT_HEADER)
-    settings = request.app.state.settings
+    state = request.app.state
+    if not hasattr(state, "hub_tenants"):
+        state.hub_tenants = TtlCache(ttl=10)
+    tenant = state.hub_tenants.get_or_load(header, lambda: _find_tenant(request, header))
+    if tenant is None:
+        raise NonExistingTenant(f"tenant {header or '(default)'} does not exist")
+    return tenant
+
+
+def _find_tenant(request: Request, header: str | None) -> Tenant | None:
+    default = request.app.state.settings.hub_default_tenant
     with request.app.state.db.read() as session:
-        commune = commune_for_ngsild_tenant(session, header, settings.hub_default_tenant)
-        if commune is None and not header and not settings.hub_default_tenant:
+        commune = commune_for_ngsild_tenant(session, header, default)
+        if commune is None and not header and not default:
             communes = list_communes(session)
             commune = communes[0] if len(communes) == 1 else None
-    if commune is None:
-        raise NonExistingTenant(f"tenant {header or '(default)'} does not exist")
-    return Tenant(commune.id, commune.slug)
+    return None if commune is None else Tenant(commune.id, commune.slug)
 
 
 @mark_access("ngsild_read")
-def tenant_reader(request: Request) -> Tenant:
+async def tenant_reader(request: Request) -> Tenant:
     """Reading the hub is open; the tenant header chooses the commune."""
     return _tenant(request)
 
 
 @mark_access("ngsild_write")
-def tenant_writer(request: Request) -> Tenant:
+async def tenant_writer(request: Request) -> Tenant:
     """Writing needs an API key of that commune with ``hub:write`` (unless open writes)."""
     tenant = _tenant(request)
     if request.app.state.settings.hub_open_writes:
