@@ -133,8 +133,13 @@ class _WriterThread(threading.Thread):
     def run(self) -> None:
         while True:
             group, stop = self._next_group()
-            if group:
-                self._run_group(group)
+            try:
+                if group:
+                    self._run_group(group)
+            except BaseException as error:  # noqa: BLE001 - never leave a caller waiting
+                for _unit, future in group:
+                    if not future.done():
+                        future.set_exception(error)
             if stop:
                 return
 

@@ -289,8 +289,11 @@ def render_entity(
         if form == "keyValues":
             out[name] = _key_value(_default_instance(instances), terms, lang)
             continue
-        rendered = [_render_instance(i, terms, form, sys_attrs, lang) for i in instances]
-        out[name] = rendered[0] if len(rendered) == 1 else rendered
+        # In a list of instances a bare concise value would be read back as one Property
+        # whose value is that list: each instance of a multi-attribute stays an object.
+        alone = len(instances) == 1
+        rendered = [_render_instance(i, terms, form, sys_attrs, lang, alone) for i in instances]
+        out[name] = rendered[0] if alone else rendered
     return out
 
 
@@ -326,7 +329,12 @@ def _compact_vocab(value: Any, terms: TermMap) -> Any:
 
 
 def _render_instance(
-    instance: dict[str, Any], terms: TermMap, form: str, sys_attrs: bool, lang: str | None
+    instance: dict[str, Any],
+    terms: TermMap,
+    form: str,
+    sys_attrs: bool,
+    lang: str | None,
+    bare_allowed: bool = True,
 ) -> Any:
     attribute_type = instance["type"]
     value_key = VALUE_KEY[attribute_type]
@@ -351,7 +359,11 @@ def _render_instance(
             out[terms.compact(key)] = _render_instance(value, terms, form, sys_attrs, lang)
     if form != "concise":
         return out
+    if out["type"] == "Property" and _is_geometry(out.get("value")):
+        return out  # without its type, {"value": <geometry>} would read back as a GeoProperty
     del out["type"]
+    if not bare_allowed:
+        return out
     if attribute_type == "GeoProperty" and set(out) == {"value"}:
         return out["value"]
     bare = set(out) == {value_key} and not isinstance(out[value_key], (dict, list))

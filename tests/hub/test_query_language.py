@@ -851,3 +851,12 @@ def test_any_scope_text_parses_or_is_rejected(text):
     except QuerySyntaxError:
         return
     assert isinstance(scope_matches(query, ["/a/b", "/b"]), bool)
+
+
+def test_existence_of_an_attribute_whose_value_is_an_empty_array():
+    entity = {
+        "id": "urn:x:1",
+        "type": ["T"],
+        "https://e.org/permit": [{"type": "Property", "value": []}],
+    }
+    assert matches(bind(parse_q("permit"), lambda name: f"https://e.org/{name}"), entity)
