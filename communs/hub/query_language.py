@@ -741,9 +741,8 @@ def _member_target(value: Any, members: tuple[str, ...]) -> _Target | None:
     for member in members:
         found = [item for parent in found for item in _children(parent, member)]
     values = tuple(value for item in found for value in _spread(item))
-    # Without members the attribute itself is the target: it exists even when its value
-    # is an empty array.
-    return _Target(values) if values or not members else None
+    # An attribute whose value is an empty array still exists.
+    return _Target(values) if values or (not members and value == []) else None
 
 
 def _children(parent: Any, member: str) -> Iterator[Any]:
