@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -104,6 +105,10 @@ def serve(
         out.print(f"Identifiants enregistrés dans {settings.data_dir / 'demo-credentials.json'}")
     out.print(f"Communs {communs.__version__} : http://{host}:{port}/")
     application = create_app(settings, db, run_jobs=True)
+    # Objects alive at start-up live for the whole process: keep them out of every
+    # garbage collection, which otherwise adds pauses to request latencies.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(application, host=host, port=port, log_config=log_config, access_log=False)
 
 

@@ -390,6 +390,8 @@ def create_app(settings: Settings, db: Database | None = None, *, run_jobs: bool
     app.state.jobs = runner
     app.state.templates = make_environment()
     app.add_middleware(ShellMiddleware, settings=settings)
+    for module in capability_modules("fastpath"):
+        app.add_middleware(module.FastPath)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_error_handlers(app)
     # Fixed paths first: "/{commune}/…" must not swallow "/admin/…" or "/api/…".
