@@ -277,14 +277,34 @@ def validate_geometry(geojson: Any, *, max_positions: int = MAX_GEOMETRY_POSITIO
     Raises:
         InvalidGeometry: with a message naming the offending member.
     """
-    _read_geometry(geojson, _Reader(max_positions))
+    if _plain_point(geojson) is None:
+        _read_geometry(geojson, _Reader(max_positions))
     return geojson
 
 
 def geometry_bbox(geojson: Any) -> BBox | None:
     """The bounds (min_lon, min_lat, max_lon, max_lat) of a GeoJSON geometry, None if invalid."""
+    point = _plain_point(geojson)
+    if point is not None:
+        return point[0], point[1], point[0], point[1]
     shape = _target_shape(geojson)
     return None if shape is None else _bounds(shape)
+
+
+def _plain_point(geojson: Any) -> tuple[float, float] | None:
+    """A valid 2D Point's position, checked without building a geometry (the common case);
+    None for anything else, which then takes the general path."""
+    if not isinstance(geojson, dict) or geojson.get("type") != "Point":
+        return None
+    position = geojson.get("coordinates")
+    if not isinstance(position, list) or len(position) != 2:
+        return None
+    lon, lat = position
+    if type(lon) not in (int, float) or type(lat) not in (int, float):
+        return None
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):  # also false for NaN
+        return None
+    return float(lon), float(lat)
 
 
 def _bounds(shape: BaseGeometry) -> BBox:
