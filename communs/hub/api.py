@@ -249,6 +249,7 @@ def _entity_query(params: Any, terms: TermMap) -> tuple[service.EntityQuery, fro
     ):
         raise BadRequestData("give at least one of type, id, idPattern, attrs, q or georel")
     predicates = []
+    bound = None
     if selection is not None and selection.predicate is not None:
         predicates.append(lambda doc: selection.matches(doc["type"]))
     if params.get("q"):
@@ -276,6 +277,7 @@ def _entity_query(params: Any, terms: TermMap) -> tuple[service.EntityQuery, fro
         geo_attribute=terms.expand(geo.geoproperty) if geo else None,
         matches=(lambda doc: all(p(doc) for p in predicates)) if predicates else None,
         attrs=attrs,
+        q=bound,
     )
     return query, attrs
 

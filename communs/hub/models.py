@@ -72,3 +72,22 @@ class HubContext(Base):
     document: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class HubValue(Base):
+    """Value index: the scalar values a ``q`` term can compare, one row each, per attribute."""
+
+    __tablename__ = "hub_values"
+    __table_args__ = (
+        Index("ix_hub_values_number", "commune_id", "attribute_iri", "number"),
+        Index("ix_hub_values_text", "commune_id", "attribute_iri", "text"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    entity_pk: Mapped[int] = mapped_column(
+        ForeignKey("hub_entities.pk", ondelete="CASCADE"), index=True
+    )
+    commune_id: Mapped[int] = mapped_column(Integer)
+    attribute_iri: Mapped[str] = mapped_column(String(512))
+    number: Mapped[float | None] = mapped_column(Float, nullable=True)
+    text: Mapped[str | None] = mapped_column(String(256), nullable=True)

@@ -710,6 +710,27 @@ def _node_target(node: Mapping[str, Any], members: tuple[str, ...]) -> _Target |
     return None
 
 
+MAX_INDEXED_TEXT = 256
+
+
+def index_values(instance: Mapping[str, Any]) -> tuple[list[float], list[str]]:
+    """The numbers and texts a top-level term (no sub-attribute, no member) can compare
+    against in this attribute instance: what the value index must hold for ``q``."""
+    target = _node_target(instance, ())
+    if target is None:
+        return [], []
+    numbers = [
+        float(v) for v in target.values if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    texts = [v for v in target.values if isinstance(v, str) and len(v) <= MAX_INDEXED_TEXT]
+    return numbers, texts
+
+
+def is_temporal_text(value: str) -> bool:
+    """Strings that compare as date-times, not as text (so text equality cannot filter)."""
+    return _temporal(value) is not None
+
+
 def _relationship_target(node: Mapping[str, Any]) -> _Target | None:
     if "object" in node:
         objects = node["object"]

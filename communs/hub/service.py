@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from communs.hub.document import (
@@ -24,7 +24,15 @@ from communs.hub.document import (
 )
 from communs.hub.errors import AlreadyExists, BadRequestData, ResourceNotFound
 from communs.hub.geoquery import GeoQuery, geometry_bbox
-from communs.hub.models import HubEntity, HubEntityType, HubGeometry
+from communs.hub.models import HubEntity, HubEntityType, HubGeometry, HubValue
+from communs.hub.query_language import (
+    And,
+    Or,
+    Range,
+    Term,
+    index_values,
+    is_temporal_text,
+)
 
 MAX_PAGE = 1000
 
@@ -43,6 +51,7 @@ class UpdateResult:
 ENTITIES = HubEntity.__table__
 TYPES = HubEntityType.__table__
 GEOMETRIES = HubGeometry.__table__
+VALUES = HubValue.__table__
 
 
 @dataclass
@@ -54,11 +63,17 @@ class Stored:
     document: dict[str, Any]
     types: tuple[str, ...]
     geometry: bytes
+    values: dict[str, bytes]
 
     @classmethod
     def loaded(cls, pk: int, commune_id: int, document: dict[str, Any]) -> Stored:
         return cls(
-            pk, commune_id, document, tuple(document["type"]), orjson.dumps(_geometries(document))
+            pk,
+            commune_id,
+            document,
+            tuple(document["type"]),
+            orjson.dumps(_geometries(document)),
+            _value_snapshot(document),
         )
 
 
@@ -68,9 +83,34 @@ _LOAD = select(ENTITIES.c.pk, ENTITIES.c.document).where(
 )
 _SAVE = update(ENTITIES).where(ENTITIES.c.pk == bindparam("entity_pk"))
 _DELETE = delete(ENTITIES).where(ENTITIES.c.pk == bindparam("entity_pk"))
+_DELETE_VALUES = delete(VALUES).where(
+    VALUES.c.entity_pk == bindparam("entity_pk"),
+    VALUES.c.attribute_iri.in_(bindparam("iris", expanding=True)),
+)
+_INSERT_VALUES = insert(VALUES)
+
+
+def _sqlite_cursor(session: Session) -> Any | None:
+    """On SQLite, a cursor of the session's own connection and transaction: the few
+    statements of a single-entity update run through it directly, skipping the
+    per-statement cost of the SQL toolkit (larger than SQLite's own work here)."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return None
+    return connection.connection.driver_connection.cursor()
 
 
 def _load(session: Session, commune_id: int, entity_id: str) -> Stored | None:
+    cursor = _sqlite_cursor(session)
+    if cursor is not None:
+        cursor.execute(
+            "SELECT pk, document FROM hub_entities WHERE commune_id = ? AND entity_id = ?",
+            (commune_id, entity_id),
+        )
+        found = cursor.fetchone()
+        return (
+            None if found is None else Stored.loaded(found[0], commune_id, orjson.loads(found[1]))
+        )
     row = session.connection().execute(_LOAD, {"commune": commune_id, "entity": entity_id})
     found = row.first()
     return None if found is None else Stored.loaded(found.pk, commune_id, found.document)
@@ -97,6 +137,7 @@ class EntityQuery:
     geo_attribute: str | None = None
     matches: Filter | None = None
     attrs: frozenset[str] | None = None
+    q: Any = None  # the bound q query, for the value-index pre-filter
 
 
 def query_entities(
@@ -119,6 +160,10 @@ def query_entities(
         statement = statement.where(HubEntity.entity_id.in_(query.ids))
     if query.geo is not None and query.geo_attribute is not None:
         statement = _geo_prefilter(statement, commune_id, query.geo, query.geo_attribute)
+    if query.q is not None:
+        indexed = _value_prefilter(query.q, commune_id)
+        if indexed is not None:
+            statement = statement.where(indexed)
     statement = statement.order_by(HubEntity.pk)
     keep = _row_filter(query)
     if keep is None:
@@ -131,6 +176,60 @@ def query_entities(
 
 def _count(session: Session, statement: Any) -> int:
     return int(session.scalar(select(func.count()).select_from(statement.subquery())) or 0)
+
+
+def _value_prefilter(node: Any, commune_id: int) -> Any:
+    """A SQL condition every entity matching ``node`` satisfies, from the value index;
+    None where the index cannot tell (the full query is checked on each candidate)."""
+    if isinstance(node, And):
+        parts = [
+            p for p in (_value_prefilter(c, commune_id) for c in node.children) if p is not None
+        ]
+        return and_(*parts) if parts else None
+    if isinstance(node, Or):
+        parts = [_value_prefilter(c, commune_id) for c in node.children]
+        return None if any(p is None for p in parts) else or_(*parts)
+    if not isinstance(node, Term) or node.path.sub is not None or node.path.members:
+        return None
+    condition = _value_condition(node)
+    if condition is None:
+        return None
+    indexed = select(VALUES.c.entity_pk).where(
+        VALUES.c.commune_id == commune_id,
+        VALUES.c.attribute_iri == node.path.attribute,
+        condition,
+    )
+    return HubEntity.pk.in_(indexed)
+
+
+def _value_condition(term: Term) -> Any:
+    op, value = term.op, term.value
+    if op in (">", ">="):
+        return VALUES.c.number >= value if _is_number(value) else None
+    if op in ("<", "<="):
+        return VALUES.c.number <= value if _is_number(value) else None
+    if op != "==":
+        return None
+    if _is_number(value):
+        return VALUES.c.number == value
+    if isinstance(value, Range) and _is_number(value.low) and _is_number(value.high):
+        return VALUES.c.number.between(value.low, value.high)
+    candidates = list(value) if isinstance(value, tuple) else [value]
+    if all(_is_number(v) for v in candidates):
+        return VALUES.c.number.in_(candidates)
+    if all(_is_plain_text(v) for v in candidates):
+        vocab = term.vocab_value
+        extra = list(vocab) if isinstance(vocab, tuple) else [vocab] if vocab else []
+        return VALUES.c.text.in_([*candidates, *[v for v in extra if isinstance(v, str)]])
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_plain_text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 256 and not is_temporal_text(value)
 
 
 def _geo_prefilter(statement: Any, commune_id: int, geo: GeoQuery, attribute: str) -> Any:
@@ -389,7 +488,14 @@ def _finish(session: Session, stored: Stored, result: UpdateResult, now: str) ->
 def _store(session: Session, stored: Stored) -> None:
     """Write the edited document; refresh the type and geometry indexes if they changed."""
     document = stored.document
-    session.connection().execute(_SAVE, {"entity_pk": stored.pk, "document": document})
+    cursor = _sqlite_cursor(session)
+    if cursor is not None:
+        cursor.execute(
+            "UPDATE hub_entities SET document = ? WHERE pk = ?",
+            (orjson.dumps(document).decode(), stored.pk),
+        )
+    else:
+        session.connection().execute(_SAVE, {"entity_pk": stored.pk, "document": document})
     if tuple(document["type"]) != stored.types:
         session.execute(delete(TYPES).where(TYPES.c.entity_pk == stored.pk))
         session.execute(insert(TYPES), _type_rows(stored.pk, stored.commune_id, document))
@@ -398,8 +504,33 @@ def _store(session: Session, stored: Stored) -> None:
         rows = _geometry_rows(stored.pk, stored.commune_id, document)
         if rows:
             session.execute(insert(GEOMETRIES), rows)
+    values = _value_snapshot(document)
+    changed = [
+        iri
+        for iri in values.keys() | stored.values.keys()
+        if values.get(iri) != stored.values.get(iri)
+    ]
+    if changed:
+        rows = _value_rows(stored.pk, stored.commune_id, document, changed)
+        if cursor is not None:
+            marks = ",".join("?" * len(changed))
+            cursor.execute(
+                f"DELETE FROM hub_values WHERE entity_pk = ? AND attribute_iri IN ({marks})",
+                (stored.pk, *changed),
+            )
+            cursor.executemany(
+                "INSERT INTO hub_values (entity_pk, commune_id, attribute_iri, number, text) "
+                "VALUES (:entity_pk, :commune_id, :attribute_iri, :number, :text)",
+                rows,
+            )
+        else:
+            connection = session.connection()
+            connection.execute(_DELETE_VALUES, {"entity_pk": stored.pk, "iris": changed})
+            if rows:
+                connection.execute(_INSERT_VALUES, rows)
     stored.types = tuple(document["type"])
     stored.geometry = orjson.dumps(_geometries(document))
+    stored.values = values
 
 
 def _geometries(document: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -459,6 +590,9 @@ def _insert_new(session: Session, commune_id: int, documents: list[dict[str, Any
     geometry_rows = [row for d in documents for row in _geometry_rows(pks[d["id"]], commune_id, d)]
     if geometry_rows:
         connection.execute(insert(GEOMETRIES), geometry_rows)
+    value_rows = [row for d in documents for row in _value_rows(pks[d["id"]], commune_id, d)]
+    if value_rows:
+        connection.execute(insert(VALUES), value_rows)
 
 
 def _pks(connection: Any, commune_id: int, entity_ids: list[str]) -> dict[str, int]:
@@ -495,6 +629,24 @@ def _geometry_rows(pk: int, commune_id: int, document: dict[str, Any]) -> list[d
                     "max_lat": box[3],
                 }
             )
+    return rows
+
+
+def _value_snapshot(document: dict[str, Any]) -> dict[str, bytes]:
+    """Each attribute as JSON: the ones that differ after an edit get their index rows anew."""
+    return {iri: orjson.dumps(document[iri]) for iri in attribute_iris(document)}
+
+
+def _value_rows(
+    pk: int, commune_id: int, document: dict[str, Any], only: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
+    rows = []
+    for iri in attribute_iris(document) if only is None else only:
+        for instance in document.get(iri, ()):
+            numbers, texts = index_values(instance)
+            base = {"entity_pk": pk, "commune_id": commune_id, "attribute_iri": iri}
+            rows.extend({**base, "number": n, "text": None} for n in numbers)
+            rows.extend({**base, "number": None, "text": t} for t in texts)
     return rows
 
 
