@@ -15,7 +15,11 @@ class HubEntity(Base):
     """One NGSI-LD entity of a commune; ``document`` holds it with expanded names."""
 
     __tablename__ = "hub_entities"
-    __table_args__ = (UniqueConstraint("commune_id", "entity_id"),)
+    __table_args__ = (
+        UniqueConstraint("commune_id", "entity_id"),
+        # Rows of one commune in key (creation) order: pages without sorting.
+        Index("ix_hub_entities_commune_order", "commune_id", "pk"),
+    )
 
     pk: Mapped[int] = mapped_column(Integer, primary_key=True)
     commune_id: Mapped[int] = mapped_column(ForeignKey("communes.id", ondelete="CASCADE"))

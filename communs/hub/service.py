@@ -152,10 +152,12 @@ def query_entities(
     """Entities of a commune matching ``query``, in creation order."""
     statement = select(HubEntity.document).where(HubEntity.commune_id == commune_id)
     if query.types:
+        # Checked per candidate row (correlated), so that a selective geo or value
+        # pre-filter drives the query instead of the whole list of entities of a type.
         typed = select(HubEntityType.entity_pk).where(
-            HubEntityType.commune_id == commune_id, HubEntityType.type_iri.in_(query.types)
+            HubEntityType.entity_pk == HubEntity.pk, HubEntityType.type_iri.in_(query.types)
         )
-        statement = statement.where(HubEntity.pk.in_(typed))
+        statement = statement.where(typed.exists())
     if query.ids:
         statement = statement.where(HubEntity.entity_id.in_(query.ids))
     if query.geo is not None and query.geo_attribute is not None:

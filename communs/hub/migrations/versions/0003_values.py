@@ -1,4 +1,4 @@
-"""hub: value index for q (numbers and texts per attribute)
+"""hub: value index for q (numbers and texts per attribute), entities in key order
 
 Revision ID: 0003_values
 Revises: 0002_contexts
@@ -34,9 +34,11 @@ def upgrade() -> None:
     op.create_index("ix_hub_values_number", "hub_values", ["commune_id", "attribute_iri", "number"])
     op.create_index("ix_hub_values_text", "hub_values", ["commune_id", "attribute_iri", "text"])
     op.create_index(op.f("ix_hub_values_entity_pk"), "hub_values", ["entity_pk"])
+    op.create_index("ix_hub_entities_commune_order", "hub_entities", ["commune_id", "pk"])
     # Existing entities are indexed by the application on their next write; a fresh
     # database (the only kind before this revision shipped) has none.
 
 
 def downgrade() -> None:
+    op.drop_index("ix_hub_entities_commune_order", "hub_entities")
     op.drop_table("hub_values")
