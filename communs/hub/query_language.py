@@ -716,6 +716,9 @@ MAX_INDEXED_TEXT = 256
 def index_values(instance: Mapping[str, Any]) -> tuple[list[float], list[str]]:
     """The numbers and texts a top-level term (no sub-attribute, no member) can compare
     against in this attribute instance: what the value index must hold for ``q``."""
+    scalar = _plain_scalar(instance)
+    if scalar is not None:
+        return scalar
     target = _node_target(instance, ())
     if target is None:
         return [], []
@@ -724,6 +727,17 @@ def index_values(instance: Mapping[str, Any]) -> tuple[list[float], list[str]]:
     ]
     texts = [v for v in target.values if isinstance(v, str) and len(v) <= MAX_INDEXED_TEXT]
     return numbers, texts
+
+
+def _plain_scalar(instance: Mapping[str, Any]) -> tuple[list[float], list[str]] | None:
+    """The common case, decided without the general walk: one scalar value or object."""
+    kind = instance.get("type")
+    value = instance.get("object") if kind == "Relationship" else instance.get("value")
+    if kind not in ("Property", "Relationship") or type(value) not in (int, float, str, bool):
+        return None
+    if type(value) is str:
+        return [], [value] if len(value) <= MAX_INDEXED_TEXT else []
+    return ([float(value)], []) if type(value) is not bool else ([], [])
 
 
 def is_temporal_text(value: str) -> bool:

@@ -577,24 +577,47 @@ def _new_document(entity: dict[str, Any], now: str) -> dict[str, Any]:
     return document
 
 
+_SQLITE_INSERTS = {
+    "types": "INSERT INTO hub_entity_types (entity_pk, commune_id, type_iri) "
+    "VALUES (:entity_pk, :commune_id, :type_iri)",
+    "geometries": "INSERT INTO hub_geometries (entity_pk, commune_id, attribute_iri, min_lon, "
+    "min_lat, max_lon, max_lat) VALUES (:entity_pk, :commune_id, :attribute_iri, :min_lon, "
+    ":min_lat, :max_lon, :max_lat)",
+    "values": "INSERT INTO hub_values (entity_pk, commune_id, attribute_iri, number, text) "
+    "VALUES (:entity_pk, :commune_id, :attribute_iri, :number, :text)",
+}
+
+
 def _insert_new(session: Session, commune_id: int, documents: list[dict[str, Any]]) -> None:
     """Insert new entities and their index rows in a few statements."""
     if not documents:
         return
     connection = session.connection()
-    connection.execute(
-        insert(ENTITIES),
-        [{"commune_id": commune_id, "entity_id": d["id"], "document": d} for d in documents],
-    )
+    cursor = _sqlite_cursor(session)
+    if cursor is not None:
+        cursor.executemany(
+            "INSERT INTO hub_entities (commune_id, entity_id, document) VALUES (?, ?, ?)",
+            [(commune_id, d["id"], orjson.dumps(d).decode()) for d in documents],
+        )
+    else:
+        connection.execute(
+            insert(ENTITIES),
+            [{"commune_id": commune_id, "entity_id": d["id"], "document": d} for d in documents],
+        )
     pks = _pks(connection, commune_id, [d["id"] for d in documents])
-    type_rows = [row for d in documents for row in _type_rows(pks[d["id"]], commune_id, d)]
-    connection.execute(insert(TYPES), type_rows)
-    geometry_rows = [row for d in documents for row in _geometry_rows(pks[d["id"]], commune_id, d)]
-    if geometry_rows:
-        connection.execute(insert(GEOMETRIES), geometry_rows)
-    value_rows = [row for d in documents for row in _value_rows(pks[d["id"]], commune_id, d)]
-    if value_rows:
-        connection.execute(insert(VALUES), value_rows)
+    index_rows = {
+        "types": [r for d in documents for r in _type_rows(pks[d["id"]], commune_id, d)],
+        "geometries": [r for d in documents for r in _geometry_rows(pks[d["id"]], commune_id, d)],
+        "values": [r for d in documents for r in _value_rows(pks[d["id"]], commune_id, d)],
+    }
+    tables = {"types": TYPES, "geometries": GEOMETRIES, "values": VALUES}
+    for name, rows in index_rows.items():
+        if not rows:
+            continue
+        if cursor is not None:
+            cursor.executemany(_SQLITE_INSERTS[name], rows)
+        else:
+            connection.execute(insert(tables[name]), rows)
 
 
 def _pks(connection: Any, commune_id: int, entity_ids: list[str]) -> dict[str, int]:
