@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -21,6 +22,7 @@ from communs.hub.context import (
     ContextNotAvailable,
     InvalidContext,
     TermMap,
+    cached_term_map,
     term_map,
 )
 from communs.hub.document import (
@@ -149,12 +151,27 @@ async def read_body(request: Request) -> tuple[Any, TermMap, Any]:
         if any(isinstance(item, dict) and "@context" in item for item in items):
             raise BadRequestData("application/json bodies carry their @context in a Link header")
         context = _link_context(request)
-    return payload, _terms(request, context), context
+    return payload, await _aterms(request, context), context
+
+
+async def _aterms(request: Request, context: Any) -> TermMap:
+    """``_terms`` for async routes: a context that must be loaded (perhaps fetched, up to
+    a few seconds) is resolved in a worker thread, never on the event loop."""
+    cached = cached_term_map(context)
+    if cached is not None:
+        return cached
+    return await asyncio.to_thread(_terms, request, context)
 
 
 def request_terms(request: Request) -> tuple[TermMap, Any]:
+    """For routes that run in a worker thread."""
     context = _link_context(request)
     return _terms(request, context), context
+
+
+async def arequest_terms(request: Request) -> tuple[TermMap, Any]:
+    context = _link_context(request)
+    return await _aterms(request, context), context
 
 
 def _accepted(request: Request) -> str:
@@ -204,7 +221,7 @@ async def create_entity(request: Request, tenant: Writer) -> Response:
 
 @router.get("/entities")
 async def query_entities(request: Request, tenant: Reader) -> Response:
-    terms, context = request_terms(request)
+    terms, context = await arequest_terms(request)
     return await _run_query(request, tenant, request.query_params, terms, context)
 
 
@@ -330,7 +347,7 @@ def _page_links(
 @router.get("/entities/{entity_id:path}")
 async def retrieve_entity(request: Request, tenant: Reader, entity_id: str) -> Response:
     params = request.query_params
-    terms, context = request_terms(request)
+    terms, context = await arequest_terms(request)
     media_type = _accepted(request)
     form, sys_attrs = parse_options(params)
     attrs = frozenset(terms.expand(a) for a in split_list(params.get("attrs"))) or None
@@ -347,7 +364,7 @@ async def retrieve_entity(request: Request, tenant: Reader, entity_id: str) -> R
 async def delete_attribute(
     request: Request, tenant: Writer, entity_id: str, attr_id: str
 ) -> Response:
-    terms, _context = request_terms(request)
+    terms, _context = await arequest_terms(request)
     params = request.query_params
     await request.app.state.db.awrite(
         service.delete_attribute,

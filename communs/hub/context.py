@@ -283,6 +283,13 @@ class _Cache:
 _cache = _Cache(CACHE_SIZE)
 
 
+def cached_term_map(context: Any) -> TermMap | None:
+    """The term map of ``context`` if it needs no loading (built in, or already built)."""
+    if context is None or (isinstance(context, str) and context in CORE_CONTEXT_URLS):
+        return CORE
+    return _cache.get(orjson.dumps(context, option=orjson.OPT_SORT_KEYS))
+
+
 def term_map(context: Any, loader: Loader | None = None) -> TermMap:
     """The active context for user ``context`` (None, a URL, an object or a list)."""
     if context is None or (isinstance(context, str) and context in CORE_CONTEXT_URLS):
