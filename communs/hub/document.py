@@ -25,7 +25,7 @@ from typing import Any
 
 from communs.hub.context import TermMap, _is_absolute_iri
 from communs.hub.errors import BadRequestData
-from communs.hub.geoquery import GeoQuerySyntaxError, validate_geometry
+from communs.hub.geoquery import GEOMETRY_TYPES, GeoQuerySyntaxError, validate_geometry
 
 VALUE_KEY = {
     "Property": "value",
@@ -53,15 +53,6 @@ MEMBERS = {
 }
 SYSTEM_MEMBERS = ("createdAt", "modifiedAt", "deletedAt")
 ENTITY_KEYS = {"id", "type", "scope", "@context", "createdAt", "modifiedAt", "deletedAt"}
-GEOMETRY_TYPES = {
-    "Point",
-    "MultiPoint",
-    "LineString",
-    "MultiLineString",
-    "Polygon",
-    "MultiPolygon",
-    "GeometryCollection",
-}
 NULL_URI = "urn:ngsi-ld:null"
 FORBIDDEN_NAME_CHARS = set("<>\"'=;()")
 
