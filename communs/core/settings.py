@@ -60,6 +60,7 @@ class Settings:
     upload_max_bytes: int = 10 * 1024 * 1024
     hub_open_writes: bool = False
     hub_default_tenant: str | None = None
+    hub_fetch_private_contexts: bool = False
     hub_fetch_contexts: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -107,6 +108,7 @@ def load_settings(data_dir: str | Path | None = None) -> Settings:
         upload_max_bytes=_env_int("UPLOAD_MAX_BYTES", 10 * 1024 * 1024),
         hub_open_writes=_env_bool("HUB_OPEN_WRITES", False),
         hub_default_tenant=_env("HUB_DEFAULT_TENANT"),
+        hub_fetch_private_contexts=_env_bool("HUB_FETCH_PRIVATE_CONTEXTS", False),
         hub_fetch_contexts=_env_bool("HUB_FETCH_CONTEXTS", True),
     )
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -161,6 +163,20 @@ def count_hit(session: Session, url: str) -> None:
 # ---------------------------------------------------------------- the loader
 
 
+def _refuse_private_address(request: httpx.Request) -> None:
+    """Fetches (redirects included) go to public addresses only: a client must not make
+    the server reach its own network (COMMUNS_HUB_FETCH_PRIVATE_CONTEXTS allows it)."""
+    host = request.url.host
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError as error:
+        raise ValueError(f"cannot resolve {host}") from error
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if not ip.is_global:
+            raise ValueError(f"{host} resolves to a non-public address ({ip})")
+
+
 class ContextLoader:
     """``loader(url) -> document`` for ``term_map``: memory, table, then the network.
 
@@ -185,6 +201,7 @@ class ContextLoader:
             if fetch is not None
             else (settings.hub_fetch_contexts if settings is not None else True)
         )
+        self.allow_private = settings is not None and settings.hub_fetch_private_contexts
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.negative_ttl = negative_ttl
@@ -257,9 +274,13 @@ class ContextLoader:
             "Accept-Encoding": "gzip, identity",
         }
         timeout = httpx.Timeout(self.timeout)
+        hooks = {} if self.allow_private else {"request": [_refuse_private_address]}
         with (
             httpx.Client(
-                follow_redirects=True, max_redirects=FETCH_MAX_REDIRECTS, timeout=timeout
+                follow_redirects=True,
+                max_redirects=FETCH_MAX_REDIRECTS,
+                timeout=timeout,
+                event_hooks=hooks,
             ) as client,
             client.stream("GET", url, headers=headers) as response,
         ):

@@ -69,6 +69,11 @@ def use_loader(app):
         loader.close()
 
 
+def local_fetching(settings):
+    """These tests fetch from servers on 127.0.0.1, which the default refuses."""
+    return settings.with_overrides(hub_fetch_private_contexts=True)
+
+
 @pytest.fixture
 def offline(use_loader, db, settings) -> ContextLoader:
     return use_loader(ContextLoader(db, settings.with_overrides(hub_fetch_contexts=False)))
@@ -378,7 +383,7 @@ def test_fetching_is_a_setting(monkeypatch, tmp_path):
 def test_a_server_that_never_answers_costs_one_timeout_then_fails_fast(
     hub, use_loader, db, settings
 ):
-    use_loader(ContextLoader(db, settings))
+    use_loader(ContextLoader(db, local_fetching(settings)))
     with silent_server() as base:
         url = f"{base}/context.jsonld"
         started = time.monotonic()
@@ -393,7 +398,7 @@ def test_a_server_that_never_answers_costs_one_timeout_then_fails_fast(
 
 
 def test_a_remote_context_is_fetched_stored_and_used(hub, use_loader, db, settings, context_server):
-    loader = use_loader(ContextLoader(db, settings))
+    loader = use_loader(ContextLoader(db, local_fetching(settings)))
     url = context_server.serve_json("/city.jsonld", CITY)
     created = hub.create(LAMP, headers=link(url))
     assert created.status_code == 201, created.text
@@ -421,7 +426,7 @@ def test_a_remote_context_is_fetched_stored_and_used(hub, use_loader, db, settin
     # Once stored, it resolves without the remote server.
     loader.close()
     context_server.routes.clear()
-    use_loader(ContextLoader(db, settings))
+    use_loader(ContextLoader(db, local_fetching(settings)))
     jsonld_context.clear_cache()
     lamp = hub.get(f"/entities/{LAMP['id']}", headers=link(url)).json()
     assert lamp["type"] == f"{NS}Lamp" and "brightness" in lamp
@@ -431,7 +436,7 @@ def test_a_remote_context_is_fetched_stored_and_used(hub, use_loader, db, settin
 def test_reload_of_an_unreachable_context_keeps_the_stored_copy(
     hub, use_loader, db, settings, context_server
 ):
-    use_loader(ContextLoader(db, settings))
+    use_loader(ContextLoader(db, local_fetching(settings)))
     url = context_server.serve_json("/city.jsonld", CITY)
     assert hub.create(LAMP, headers=link(url)).status_code == 201
     context_server.routes.clear()
@@ -442,7 +447,7 @@ def test_reload_of_an_unreachable_context_keeps_the_stored_copy(
 
 
 def test_fetch_limits_redirects_size_and_content(db, settings, context_server):
-    loader = ContextLoader(db, settings)
+    loader = ContextLoader(db, local_fetching(settings))
     try:
         target = context_server.serve_json("/ok.jsonld", CITY)
         hops = [target]
@@ -474,7 +479,7 @@ def test_fetch_limits_redirects_size_and_content(db, settings, context_server):
 
 def test_failures_are_remembered_for_a_while(db, settings, context_server):
     now = [1000.0]
-    loader = ContextLoader(db, settings, clock=lambda: now[0])
+    loader = ContextLoader(db, local_fetching(settings), clock=lambda: now[0])
     try:
         url = context_server.base + "/late.jsonld"
         with pytest.raises(ContextNotAvailable):
@@ -508,3 +513,16 @@ def test_the_store_validates_urls_and_kinds(db):
             ("https://x.org/c", "cached", CITY)
         ]
         assert contexts.list_contexts(session, "fetched") == []
+
+
+def test_fetching_refuses_non_public_addresses_by_default(db, settings, context_server):
+    url = context_server.serve_json("/city.jsonld", CITY)
+    loader = ContextLoader(db, settings)
+    try:
+        begin = time.monotonic()
+        with pytest.raises(ContextNotAvailable):
+            loader(url)
+        assert time.monotonic() - begin < 2
+        assert context_server.requests == []
+    finally:
+        loader.close()
