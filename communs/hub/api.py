@@ -47,7 +47,14 @@ from communs.hub.errors import (
 )
 from communs.hub.geoquery import GeoQuerySyntaxError, parse_geoquery
 from communs.hub.query import parse_limit, parse_options, parse_type_selection, split_list
-from communs.hub.query_language import QuerySyntaxError, bind, matches, parse_q
+from communs.hub.query_language import (
+    QuerySyntaxError,
+    bind,
+    matches,
+    parse_q,
+    parse_scope_q,
+    scope_matches,
+)
 
 PREFIX = "/ngsi-ld/v1"
 JSON_LD = "application/ld+json"
@@ -256,7 +263,8 @@ def _entity_query(params: Any, terms: TermMap) -> tuple[service.EntityQuery, fro
     ids = tuple(split_list(params.get("id")))
     attrs = frozenset(terms.expand(a) for a in split_list(params.get("attrs"))) or None
     if not (
-        selection
+        params.get("scopeQ")
+        or selection
         or ids
         or params.get("idPattern")
         or attrs
@@ -264,7 +272,7 @@ def _entity_query(params: Any, terms: TermMap) -> tuple[service.EntityQuery, fro
         or params.get("georel")
         or params.get("local") == "true"
     ):
-        raise BadRequestData("give at least one of type, id, idPattern, attrs, q or georel")
+        raise BadRequestData("give at least one of type, id, idPattern, attrs, q, scopeQ or georel")
     predicates = []
     bound = None
     if selection is not None and selection.predicate is not None:
@@ -277,6 +285,12 @@ def _entity_query(params: Any, terms: TermMap) -> tuple[service.EntityQuery, fro
         predicates.append(lambda doc: matches(bound, doc))
     if attrs is not None:
         predicates.append(lambda doc: any(iri in doc for iri in attrs))
+    if params.get("scopeQ"):
+        try:
+            scopes = parse_scope_q(params["scopeQ"])
+        except QuerySyntaxError as error:
+            raise BadRequestData(f"invalid scopeQ: {error}") from error
+        predicates.append(lambda doc: scope_matches(scopes, doc.get("scope")))
     try:
         geo = parse_geoquery(
             params.get("georel"),

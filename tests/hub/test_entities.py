@@ -362,3 +362,28 @@ def test_tenants_are_isolated(hub, hub_beta):
         f"{BASE}/entities/urn:ngsi-ld:Streetlight:1", headers={"NGSILD-Tenant": "37001"}
     )
     assert by_insee.status_code == 200
+
+
+def test_scope_q_selects_entities_by_scope(hub):
+    hub.create({"id": "urn:ngsi-ld:Bin:1", "type": "WasteContainer", "scope": "/Nord/Gare"})
+    hub.create(
+        {
+            "id": "urn:ngsi-ld:Bin:2",
+            "type": "WasteContainer",
+            "scope": ["/Sud/Port", "/Nord/Mairie"],
+        }
+    )
+    hub.create({"id": "urn:ngsi-ld:Bin:3", "type": "WasteContainer"})
+
+    def ids(scope_q: str) -> list[str]:
+        response = hub.get("/entities", params={"type": "WasteContainer", "scopeQ": scope_q})
+        assert response.status_code == 200, response.text
+        return [e["id"] for e in response.json()]
+
+    assert ids("/Nord/#") == ["urn:ngsi-ld:Bin:1", "urn:ngsi-ld:Bin:2"]
+    assert ids("/Nord/Gare") == ["urn:ngsi-ld:Bin:1"]
+    assert ids("/+/Port") == ["urn:ngsi-ld:Bin:2"]
+    assert ids("/Est/#") == []
+    assert hub.get("/entities/urn:ngsi-ld:Bin:2").json()["scope"] == ["/Sud/Port", "/Nord/Mairie"]
+    bad = hub.get("/entities", params={"type": "WasteContainer", "scopeQ": "Nord"})
+    assert bad.status_code == 400
