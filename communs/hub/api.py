@@ -307,7 +307,6 @@ def _entity_query(params: Any, terms: TermMap) -> tuple[service.EntityQuery, fro
         geo=geo,
         geo_attribute=terms.expand(geo.geoproperty) if geo else None,
         matches=(lambda doc: all(p(doc) for p in predicates)) if predicates else None,
-        attrs=attrs,
         q=bound,
     )
     return query, attrs

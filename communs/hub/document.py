@@ -168,9 +168,8 @@ def parse_instance(name: str, raw: Any, terms: TermMap, depth: int = 0) -> dict[
         raise BadRequestData(f"{attribute_type} {name!r} needs a non-null {value_key!r}")
     instance: dict[str, Any] = {"type": attribute_type}
     instance[value_key] = _parse_value(name, attribute_type, raw[value_key], terms)
-    for member in ("observedAt",):
-        if member in raw:
-            instance[member] = check_datetime(raw[member], f"{name}.{member}")
+    if "observedAt" in raw:
+        instance["observedAt"] = check_datetime(raw["observedAt"], f"{name}.observedAt")
     if "datasetId" in raw:
         instance["datasetId"] = check_uri(raw["datasetId"], f"{name}.datasetId")
     if "unitCode" in raw:

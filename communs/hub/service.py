@@ -136,7 +136,6 @@ class EntityQuery:
     geo: GeoQuery | None = None
     geo_attribute: str | None = None
     matches: Filter | None = None
-    attrs: frozenset[str] | None = None
     q: Any = None  # the bound q query, for the value-index pre-filter
 
 
@@ -277,13 +276,6 @@ def _compile(pattern: str) -> re.Pattern[str]:
         return re.compile(pattern)
     except re.error as error:
         raise BadRequestData(f"idPattern is not a valid regular expression: {error}") from error
-
-
-def project(document: dict[str, Any], attrs: Iterable[str] | None) -> dict[str, Any]:
-    if attrs is None:
-        return document
-    wanted = set(attrs)
-    return {key: value for key, value in document.items() if key in ENTITY_KEYS or key in wanted}
 
 
 # ---------------------------------------------------------------- writing
@@ -501,7 +493,8 @@ def _store(session: Session, stored: Stored) -> None:
     if tuple(document["type"]) != stored.types:
         session.execute(delete(TYPES).where(TYPES.c.entity_pk == stored.pk))
         session.execute(insert(TYPES), _type_rows(stored.pk, stored.commune_id, document))
-    if orjson.dumps(_geometries(document)) != stored.geometry:
+    geometry = orjson.dumps(_geometries(document))
+    if geometry != stored.geometry:
         session.execute(delete(GEOMETRIES).where(GEOMETRIES.c.entity_pk == stored.pk))
         rows = _geometry_rows(stored.pk, stored.commune_id, document)
         if rows:
@@ -531,7 +524,7 @@ def _store(session: Session, stored: Stored) -> None:
             if rows:
                 connection.execute(_INSERT_VALUES, rows)
     stored.types = tuple(document["type"])
-    stored.geometry = orjson.dumps(_geometries(document))
+    stored.geometry = geometry
     stored.values = values
 
 
