@@ -210,7 +210,7 @@ class ShellMiddleware:
             )
         seed = cookies.get(CSRF_COOKIE)
         new_seed = None
-        if (not seed or len(seed) > 100) and not _is_machine_path(scope["path"]):
+        if (not seed or len(seed) > 100) and not is_machine_path(scope["path"]):
             seed = new_seed = secrets.token_urlsafe(24)
         scope.setdefault("state", {})["csrf_seed"] = seed
         token = i18n.set_language(language)
@@ -233,9 +233,9 @@ class ShellMiddleware:
             i18n._current_language.reset(token)
 
 
-def _is_machine_path(path: str) -> bool:
-    """APIs for machines: no forms there, so no CSRF cookie to hand out."""
-    return path.startswith(("/ngsi-ld/", "/api/")) or "/api/" in path
+def is_machine_path(path: str) -> bool:
+    """APIs for machines: errors answer JSON, and no CSRF cookie is handed out."""
+    return "/api/" in path or path.startswith(("/api", "/ngsi-ld", "/open311"))
 
 
 def _cookies(scope: Scope) -> dict[str, str]:
@@ -275,8 +275,7 @@ async def csrf_protect(request: Request) -> None:
 
 
 def wants_json(request: Request) -> bool:
-    path = request.url.path
-    if "/api/" in path or path.startswith(("/api", "/ngsi-ld", "/open311")):
+    if is_machine_path(request.url.path):
         return True
     accept = request.headers.get("accept", "")
     return "json" in accept and "html" not in accept
