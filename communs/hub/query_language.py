@@ -22,12 +22,11 @@ Where the specification leaves room, this module chooses:
   DateTime, Date and Time literals, ``low..high`` ranges and ``a,b,c`` lists (both only after
   ``==``/``!=``). Any other unquoted run is kept as a string: a URI, or a bare word as in the
   spec's ``gender==Male``. Ordering operators take numbers, strings and temporal values.
-- ``~=``/``!~=`` take the rest of the term as a Python regular expression applied with
-  ``re.search``: it ends at a ``;``, ``|`` or ``)`` outside its own groups and character classes,
-  so an alternation at its top level must be grouped or quoted. A pattern in double quotes is
-  used as written, ``\\"`` standing for a quote. Patterns are limited to ``MAX_REGEX_LENGTH``
-  characters and an unbounded quantifier on a group holding another one or an alternation
-  (``(a+)+``, ``(a|b)*``) is refused.
+- ``~=``/``!~=`` take the rest of the term as a regular expression, searched anywhere in the
+  text by RE2 in linear time (see ``communs.hub.regex``). It ends at a ``;``, ``|`` or ``)``
+  outside its own groups and character classes, so an alternation at its top level must be
+  grouped or quoted. A pattern in double quotes is used as written, ``\\"`` standing for a
+  quote. Patterns are limited to ``MAX_REGEX_LENGTH`` characters.
 - Comparison: numbers numerically; temporal values as instants when both sides parse as ISO
   8601 (a Date against a DateTime counts as midnight UTC, naive times as UTC); other strings by
   code point. Values of another type never match ``==``, ordering or pattern operators, but are
@@ -49,6 +48,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time
 from functools import lru_cache
 from typing import Any, Union, cast
+
+from communs.hub.regex import Pattern, RegexError, compile_regex
 
 MAX_LENGTH = 4096
 MAX_DEPTH = 32
@@ -87,7 +88,7 @@ class Range:
     high: Scalar
 
 
-TermValue = Scalar | Range | tuple[Scalar, ...] | re.Pattern[str] | None
+TermValue = Scalar | Range | tuple[Scalar, ...] | Pattern | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +402,7 @@ class _QueryParser(_Parser):
             index += 2 if char == "\\" else 1
         raise self.error("unterminated string")
 
-    def pattern(self) -> re.Pattern[str]:
+    def pattern(self) -> Pattern:
         start = self.pos
         if self.peek() == '"':
             end = self.closing_quote()
@@ -431,21 +432,8 @@ def _literal(raw: str) -> Scalar:
     return raw if temporal is None else temporal
 
 
-_CLASS_TOKEN = re.compile(r"\\.|\[:([a-z]+):\]|(\[|--|&&|~~|\|\|)|.", re.DOTALL)
-_POSIX_CLASSES = {
-    "alpha": "A-Za-z",
-    "digit": "0-9",
-    "alnum": "0-9A-Za-z",
-    "upper": "A-Z",
-    "lower": "a-z",
-    "space": "\\t-\\r ",
-    "blank": "\\t ",
-    "punct": "!-/:-@\\[-`{-~",
-    "xdigit": "0-9A-Fa-f",
-    "cntrl": "\\x00-\\x1f\\x7f",
-    "print": " -~",
-    "graph": "!-~",
-}
+# Inside a character class: an escape, a POSIX class, or one character.
+_CLASS_TOKEN = re.compile(r"\\.|\[:[a-z]+:\]|.", re.DOTALL)
 
 
 def _pattern_end(text: str, start: int) -> int:
@@ -484,78 +472,17 @@ def _class_end(text: str, index: int) -> int:
     return index
 
 
-def _compile_pattern(source: str, position: int) -> re.Pattern[str]:
+def _compile_pattern(source: str, position: int) -> Pattern:
     if not source:
         raise QuerySyntaxError("empty regular expression", position)
     if len(source) > MAX_REGEX_LENGTH:
         raise QuerySyntaxError(
             f"regular expression longer than {MAX_REGEX_LENGTH} characters", position
         )
-    if _risky_repetition(source):
-        raise QuerySyntaxError(
-            "regular expression repeats a group holding a repetition or an alternation", position
-        )
     try:
-        return re.compile(_python_pattern(source))
-    except (re.error, OverflowError, RecursionError, ValueError) as exc:
+        return compile_regex(source)
+    except RegexError as exc:
         raise QuerySyntaxError(f"invalid regular expression ({exc})", position) from exc
-
-
-def _python_pattern(source: str) -> str:
-    """``source`` with POSIX classes (``[[:alpha:]]``) spelled out for Python's engine."""
-    parts: list[str] = []
-    index = 0
-    while index < len(source):
-        if source[index] == "[":
-            body, end = _class_body_start(source, index + 1), _class_end(source, index)
-            parts += [source[index:body], _python_class(source[body:end]), source[end : end + 1]]
-            index = end + 1
-        else:
-            step = 2 if source[index] == "\\" else 1
-            parts.append(source[index : index + step])
-            index += step
-    return "".join(parts)
-
-
-def _python_class(body: str) -> str:
-    """The body of a character class, refusing what Python reads as nested sets or set
-    operations (it warns that their meaning will change)."""
-    parts: list[str] = []
-    for token in _CLASS_TOKEN.finditer(body):
-        posix, ambiguous = token.groups()
-        if ambiguous:
-            raise ValueError(f"{ambiguous!r} in a character class must be escaped")
-        if posix and posix not in _POSIX_CLASSES:
-            raise ValueError(f"unknown character class [:{posix}:]")
-        parts.append(_POSIX_CLASSES[posix] if posix else token[0])
-    return "".join(parts)
-
-
-def _risky_repetition(source: str) -> bool:
-    """Whether an unbounded quantifier applies to a group holding another one or an
-    alternation, as in ``(a+)*`` or ``(a|a)*``: exponential backtracking (ReDoS)."""
-    groups = [False]
-    closed_risky = False
-    index = 0
-    while index < len(source):
-        char = source[index]
-        repeats = char in "*+" or char == "{" and bool(re.match(r"\{\d*,\}", source[index:]))
-        if repeats and closed_risky:
-            return True
-        closed_risky = False
-        if repeats or char == "|":
-            groups[-1] = True
-        elif char == "\\":
-            index += 1
-        elif char == "[":
-            index = _class_end(source, index)
-        elif char == "(":
-            groups.append(False)
-        elif char == ")" and len(groups) > 1:
-            closed_risky = groups.pop()
-            groups[-1] = groups[-1] or closed_risky
-        index += 1
-    return False
 
 
 class _ScopeParser(_Parser):
@@ -812,7 +739,7 @@ def _target_matches(term: Term, target: _Target) -> bool:
         return any(_equals(value, expected) for value in target.values)
     if op == "!=":
         return not any(_equals(value, expected) for value in target.values)
-    if isinstance(expected, re.Pattern):
+    if isinstance(expected, Pattern):
         return _pattern_matches(op, expected, target.values)
     return any(_ordered(op, value, expected) for value in target.values)
 
@@ -839,7 +766,7 @@ def _ordered(op: str, value: Any, expected: TermValue) -> bool:
     return order is not None and _ORDERINGS[op](order)
 
 
-def _pattern_matches(op: str, pattern: re.Pattern[str], values: Sequence[Any]) -> bool:
+def _pattern_matches(op: str, pattern: Pattern, values: Sequence[Any]) -> bool:
     texts = [value for value in values if isinstance(value, str)]
     found = any(pattern.search(text) for text in texts)
     return found if op == "~=" else bool(texts) and not found

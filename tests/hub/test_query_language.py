@@ -1,6 +1,5 @@
 """The NGSI-LD query language: parsing, binding to IRIs and matching entity documents."""
 
-import re
 from datetime import UTC, date, datetime, time
 
 import pytest
@@ -25,6 +24,7 @@ from communs.hub.query_language import (
     parse_scope_q,
     scope_matches,
 )
+from communs.hub.regex import compile_regex
 
 
 def prop(value, **members):
@@ -489,10 +489,10 @@ def test_pattern_terms_hold_compiled_patterns():
     parsed = parse_q('name~="(?i)ma.*"')
     assert isinstance(parsed, Term)
     assert parsed.op == "~="
-    assert parsed.value == re.compile("(?i)ma.*")
+    assert parsed.value == compile_regex("(?i)ma.*")
     assert parse_q("name!~=a(b|c)").value.pattern == "a(b|c)"
     tree = parse_q("(name~=a(b|c));x")
-    assert tree == And((term("name", "~=", re.compile("a(b|c)")), term("x")))
+    assert tree == And((term("name", "~=", compile_regex("a(b|c)")), term("x")))
 
 
 def test_bind_expands_names_but_not_members_or_keywords():
@@ -605,16 +605,11 @@ def test_attribute_names_of_unbound_query():
         ("a~=", 3, "empty regular expression"),
         ("a~=(", 3, "invalid regular expression"),
         ('a~="x', 3, "unterminated string"),
-        ("a~=(a+)+", 3, "repeats a group"),
-        ("a~=(a|a)*b", 3, "repeats a group"),
-        ("a~=x(y(a|b)c){2,}", 3, "repeats a group"),
-        ("a~=(x*y)*$", 3, "repeats a group"),
-        ("a~=((ab)+c)*", 3, "repeats a group"),
+        ("a~=(x)\\1", 3, "invalid escape sequence"),
+        ("a~=(?=x)", 3, "invalid perl operator"),
         ("a~=" + "x" * 300, 3, "longer than 256"),
-        ("a~=[[:foo:]]", 3, "unknown character class"),
-        ("a~=[[a]]", 3, "'[' in a character class must be escaped"),
-        ("a~=[a--b]", 3, "'--' in a character class"),
-        ("a~=[a&&b]", 3, "'&&' in a character class"),
+        ("a~=[[:foo:]]", 3, "invalid character class range: [:foo:]"),
+        ("a~=[z-a]", 3, "invalid character class range"),
         ("schema:==1", 0, "incomplete compact IRI"),
         ("https://==1", 8, "incomplete IRI"),
         ("a==(1)", 3, "expected a value"),
@@ -860,3 +855,20 @@ def test_existence_of_an_attribute_whose_value_is_an_empty_array():
         "https://e.org/permit": [{"type": "Property", "value": []}],
     }
     assert matches(bind(parse_q("permit"), lambda name: f"https://e.org/{name}"), entity)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matching", "hostile"),
+    [
+        ("^(a+)+$", "aaa", "a" * 100_000 + "!"),
+        ("^(a|a)*b$", "aab", "a" * 100_000 + "!"),
+        ("^(x*y)*$", "xyxxy", "x" * 100_000 + "!"),
+        ("^((ab)+c)*$", "ababc", "ab" * 50_000 + "!"),
+        ("^(a|aa)+$", "aaaa", "a" * 100_000 + "!"),
+    ],
+)
+def test_patterns_that_backtrack_exponentially_run_in_linear_time(pattern, matching, hostile):
+    """Accepted and answered at once, where a backtracking engine would take years."""
+    query = parse_q(f"name~={pattern}")
+    assert matches(query, entity(name=prop(matching)))
+    assert not matches(query, entity(name=prop(hostile)))
