@@ -28,26 +28,26 @@ class HubEntity(Base):
 
 
 class HubEntityType(Base):
-    """Type index: one row per (entity, type IRI)."""
+    """Type index: one row per (entity, type IRI), clustered by type for lookups."""
 
     __tablename__ = "hub_entity_types"
-    __table_args__ = (Index("ix_hub_entity_types_lookup", "commune_id", "type_iri", "entity_pk"),)
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    commune_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type_iri: Mapped[str] = mapped_column(String(512), primary_key=True)
     entity_pk: Mapped[int] = mapped_column(
-        ForeignKey("hub_entities.pk", ondelete="CASCADE"), index=True
+        ForeignKey("hub_entities.pk", ondelete="CASCADE"), primary_key=True, index=True
     )
-    commune_id: Mapped[int] = mapped_column(Integer)
-    type_iri: Mapped[str] = mapped_column(String(512))
 
 
 class HubGeometry(Base):
-    """Bounding box of each GeoProperty instance, for geo-query pre-filtering."""
+    """Bounding box of each GeoProperty instance, for geo-query pre-filtering.
+
+    The boxes are indexed spatially: an R*Tree (``hub_geometry_boxes``, kept in step by
+    triggers) on SQLite, a GiST index on ``box(…)`` on PostgreSQL (migration 0004).
+    """
 
     __tablename__ = "hub_geometries"
-    __table_args__ = (
-        Index("ix_hub_geometries_box", "commune_id", "attribute_iri", "min_lat", "min_lon"),
-    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     entity_pk: Mapped[int] = mapped_column(
@@ -78,20 +78,30 @@ class HubContext(Base):
     hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
-class HubValue(Base):
-    """Value index: the scalar values a ``q`` term can compare, one row each, per attribute."""
+class HubNumber(Base):
+    """Value index for ``q``: the numbers a term can compare, per attribute, clustered
+    so that a range is one index scan."""
 
-    __tablename__ = "hub_values"
-    __table_args__ = (
-        Index("ix_hub_values_number", "commune_id", "attribute_iri", "number"),
-        Index("ix_hub_values_text", "commune_id", "attribute_iri", "text"),
-    )
+    __tablename__ = "hub_numbers"
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    commune_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attribute_iri: Mapped[str] = mapped_column(String(512), primary_key=True)
+    number: Mapped[float] = mapped_column(Float, primary_key=True)
     entity_pk: Mapped[int] = mapped_column(
-        ForeignKey("hub_entities.pk", ondelete="CASCADE"), index=True
+        ForeignKey("hub_entities.pk", ondelete="CASCADE"), primary_key=True, index=True
     )
-    commune_id: Mapped[int] = mapped_column(Integer)
-    attribute_iri: Mapped[str] = mapped_column(String(512))
-    number: Mapped[float | None] = mapped_column(Float, nullable=True)
-    text: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+
+class HubText(Base):
+    """Value index for ``q``: the texts (up to 256 characters) a term can compare."""
+
+    __tablename__ = "hub_texts"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    commune_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attribute_iri: Mapped[str] = mapped_column(String(512), primary_key=True)
+    text: Mapped[str] = mapped_column(String(256), primary_key=True)
+    entity_pk: Mapped[int] = mapped_column(
+        ForeignKey("hub_entities.pk", ondelete="CASCADE"), primary_key=True, index=True
+    )

@@ -6,13 +6,12 @@ never visible from another. Write functions are units of work for ``Database.wri
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, column, delete, func, or_, select, table, update
 from sqlalchemy.orm import Session
 
 from communs.hub.document import (
@@ -24,7 +23,7 @@ from communs.hub.document import (
 )
 from communs.hub.errors import AlreadyExists, BadRequestData, ResourceNotFound
 from communs.hub.geoquery import GeoQuery, geometry_bbox
-from communs.hub.models import HubEntity, HubEntityType, HubGeometry, HubValue
+from communs.hub.models import HubEntity, HubEntityType, HubGeometry, HubNumber, HubText
 from communs.hub.query_language import (
     And,
     Or,
@@ -33,6 +32,7 @@ from communs.hub.query_language import (
     index_values,
     is_temporal_text,
 )
+from communs.hub.regex import Pattern, RegexError, compile_regex
 
 MAX_PAGE = 1000
 
@@ -51,7 +51,8 @@ class UpdateResult:
 ENTITIES = HubEntity.__table__
 TYPES = HubEntityType.__table__
 GEOMETRIES = HubGeometry.__table__
-VALUES = HubValue.__table__
+NUMBERS = HubNumber.__table__
+TEXTS = HubText.__table__
 
 
 @dataclass
@@ -83,27 +84,49 @@ _LOAD = select(ENTITIES.c.pk, ENTITIES.c.document).where(
 )
 _SAVE = update(ENTITIES).where(ENTITIES.c.pk == bindparam("entity_pk"))
 _DELETE = delete(ENTITIES).where(ENTITIES.c.pk == bindparam("entity_pk"))
-_DELETE_VALUES = delete(VALUES).where(
-    VALUES.c.entity_pk == bindparam("entity_pk"),
-    VALUES.c.attribute_iri.in_(bindparam("iris", expanding=True)),
-)
-_INSERT_VALUES = insert(VALUES)
 
 
-def _sqlite_cursor(session: Session) -> Any | None:
-    """On SQLite, a cursor of the session's own connection and transaction: the few
-    statements of a single-entity update run through it directly, skipping the
-    per-statement cost of the SQL toolkit (larger than SQLite's own work here)."""
-    connection = session.connection()
-    if connection.dialect.name != "sqlite":
-        return None
-    return connection.connection.driver_connection.cursor()
+class _Raw:
+    """The session's own DB-API cursor, in its transaction. Single-entity updates and
+    the index rows of batches go through it, skipping the per-statement and per-row
+    cost of the SQL toolkit (larger than the database's own work here). Statements are
+    written with ``?`` marks; on PostgreSQL they become ``%s``."""
+
+    def __init__(self, session: Session) -> None:
+        connection = session.connection()
+        self.sqlite = connection.dialect.name == "sqlite"
+        self.cursor = connection.connection.driver_connection.cursor()
+        self.json_mark = "?" if self.sqlite else "CAST(? AS jsonb)"
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.sqlite else sql.replace("?", "%s")
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        self.cursor.execute(self._sql(sql), params)
+        return self.cursor
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self.cursor.executemany(self._sql(sql), rows)
+
+    def allocate_pks(self, count: int) -> list[int]:
+        """Keys for new entities, taken before inserting them (no read-back needed).
+        On SQLite the single writer holds the write lock, so max(pk) is stable."""
+        if self.sqlite:
+            last = self.execute("SELECT coalesce(max(pk), 0) FROM hub_entities").fetchone()[0]
+            return list(range(last + 1, last + 1 + count))
+        self.execute(
+            "SELECT nextval(pg_get_serial_sequence('hub_entities', 'pk')) "
+            "FROM generate_series(1, ?)",
+            (count,),
+        )
+        return [row[0] for row in self.cursor.fetchall()]
 
 
 def _load(session: Session, commune_id: int, entity_id: str) -> Stored | None:
-    cursor = _sqlite_cursor(session)
-    if cursor is not None:
-        cursor.execute(
+    raw = _Raw(session)
+    if raw.sqlite:
+        cursor = raw.execute(
             "SELECT pk, document FROM hub_entities WHERE commune_id = ? AND entity_id = ?",
             (commune_id, entity_id),
         )
@@ -154,13 +177,15 @@ def query_entities(
         # Checked per candidate row (correlated), so that a selective geo or value
         # pre-filter drives the query instead of the whole list of entities of a type.
         typed = select(HubEntityType.entity_pk).where(
-            HubEntityType.entity_pk == HubEntity.pk, HubEntityType.type_iri.in_(query.types)
+            HubEntityType.commune_id == commune_id,
+            HubEntityType.type_iri.in_(query.types),
+            HubEntityType.entity_pk == HubEntity.pk,
         )
         statement = statement.where(typed.exists())
     if query.ids:
         statement = statement.where(HubEntity.entity_id.in_(query.ids))
     if query.geo is not None and query.geo_attribute is not None:
-        statement = _geo_prefilter(statement, commune_id, query.geo, query.geo_attribute)
+        statement = _geo_prefilter(session, statement, commune_id, query.geo, query.geo_attribute)
     if query.q is not None:
         indexed = _value_prefilter(query.q, commune_id)
         if indexed is not None:
@@ -192,36 +217,40 @@ def _value_prefilter(node: Any, commune_id: int) -> Any:
         return None if any(p is None for p in parts) else or_(*parts)
     if not isinstance(node, Term) or node.path.sub is not None or node.path.members:
         return None
-    condition = _value_condition(node)
-    if condition is None:
+    found = _value_condition(node)
+    if found is None:
         return None
-    indexed = select(VALUES.c.entity_pk).where(
-        VALUES.c.commune_id == commune_id,
-        VALUES.c.attribute_iri == node.path.attribute,
+    table, condition = found
+    indexed = select(table.c.entity_pk).where(
+        table.c.commune_id == commune_id,
+        table.c.attribute_iri == node.path.attribute,
         condition,
     )
     return HubEntity.pk.in_(indexed)
 
 
-def _value_condition(term: Term) -> Any:
+def _value_condition(term: Term) -> tuple[Any, Any] | None:
+    """The index table and condition on it that every match of ``term`` satisfies."""
     op, value = term.op, term.value
+    number = NUMBERS.c.number
     if op in (">", ">="):
-        return VALUES.c.number >= value if _is_number(value) else None
+        return (NUMBERS, number >= value) if _is_number(value) else None
     if op in ("<", "<="):
-        return VALUES.c.number <= value if _is_number(value) else None
+        return (NUMBERS, number <= value) if _is_number(value) else None
     if op != "==":
         return None
     if _is_number(value):
-        return VALUES.c.number == value
+        return NUMBERS, number == value
     if isinstance(value, Range) and _is_number(value.low) and _is_number(value.high):
-        return VALUES.c.number.between(value.low, value.high)
+        return NUMBERS, number.between(value.low, value.high)
     candidates = list(value) if isinstance(value, tuple) else [value]
     if all(_is_number(v) for v in candidates):
-        return VALUES.c.number.in_(candidates)
+        return NUMBERS, number.in_(candidates)
     if all(_is_plain_text(v) for v in candidates):
         vocab = term.vocab_value
         extra = list(vocab) if isinstance(vocab, tuple) else [vocab] if vocab else []
-        return VALUES.c.text.in_([*candidates, *[v for v in extra if isinstance(v, str)]])
+        texts = [*candidates, *[v for v in extra if isinstance(v, str)]]
+        return TEXTS, TEXTS.c.text.in_(texts)
     return None
 
 
@@ -233,20 +262,44 @@ def _is_plain_text(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= 256 and not is_temporal_text(value)
 
 
-def _geo_prefilter(statement: Any, commune_id: int, geo: GeoQuery, attribute: str) -> Any:
-    box = geo.bbox()
-    located = select(HubGeometry.entity_pk).where(
-        HubGeometry.commune_id == commune_id, HubGeometry.attribute_iri == attribute
+def _geo_prefilter(
+    session: Session, statement: Any, commune_id: int, geo: GeoQuery, attribute: str
+) -> Any:
+    located = select(GEOMETRIES.c.entity_pk).where(
+        GEOMETRIES.c.commune_id == commune_id, GEOMETRIES.c.attribute_iri == attribute
     )
+    box = geo.bbox()
     if box is not None:
-        min_lon, min_lat, max_lon, max_lat = box
-        located = located.where(
-            HubGeometry.min_lat <= max_lat,
-            HubGeometry.max_lat >= min_lat,
-            HubGeometry.min_lon <= max_lon,
-            HubGeometry.max_lon >= min_lon,
-        )
+        located = located.where(_overlaps(session, box))
     return statement.where(HubEntity.pk.in_(located))
+
+
+_RTREE = table(
+    "hub_geometry_boxes",
+    column("id"),
+    column("min_lon"),
+    column("max_lon"),
+    column("min_lat"),
+    column("max_lat"),
+)
+
+
+def _overlaps(session: Session, box: tuple[float, float, float, float]) -> Any:
+    """Geometry rows whose box overlaps ``box``, found through the spatial index."""
+    min_lon, min_lat, max_lon, max_lat = box
+    g = GEOMETRIES.c
+    if session.get_bind().dialect.name == "sqlite":
+        return g.id.in_(
+            select(_RTREE.c.id).where(
+                _RTREE.c.min_lon <= max_lon,
+                _RTREE.c.max_lon >= min_lon,
+                _RTREE.c.min_lat <= max_lat,
+                _RTREE.c.max_lat >= min_lat,
+            )
+        )
+    stored = func.box(func.point(g.min_lon, g.min_lat), func.point(g.max_lon, g.max_lat))
+    wanted = func.box(func.point(min_lon, min_lat), func.point(max_lon, max_lat))
+    return stored.op("&&")(wanted)
 
 
 def _row_filter(query: EntityQuery) -> Filter | None:
@@ -269,12 +322,12 @@ def _row_filter(query: EntityQuery) -> Filter | None:
     return lambda doc: all(check(doc) for check in checks)
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
+def _compile(pattern: str) -> Pattern:
     if len(pattern) > 256:
         raise BadRequestData("idPattern is too long (256 characters at most)")
     try:
-        return re.compile(pattern)
-    except re.error as error:
+        return compile_regex(pattern)
+    except RegexError as error:
         raise BadRequestData(f"idPattern is not a valid regular expression: {error}") from error
 
 
@@ -480,25 +533,21 @@ def _finish(session: Session, stored: Stored, result: UpdateResult, now: str) ->
 
 
 def _store(session: Session, stored: Stored) -> None:
-    """Write the edited document; refresh the type and geometry indexes if they changed."""
-    document = stored.document
-    cursor = _sqlite_cursor(session)
-    if cursor is not None:
-        cursor.execute(
-            "UPDATE hub_entities SET document = ? WHERE pk = ?",
-            (orjson.dumps(document).decode(), stored.pk),
-        )
-    else:
-        session.connection().execute(_SAVE, {"entity_pk": stored.pk, "document": document})
+    """Write the edited document; refresh the index rows of what changed."""
+    document, pk, commune_id = stored.document, stored.pk, stored.commune_id
+    raw = _Raw(session)
+    raw.execute(
+        f"UPDATE hub_entities SET document = {raw.json_mark} WHERE pk = ?",
+        (orjson.dumps(document).decode(), pk),
+    )
+    rows = IndexRows()
     if tuple(document["type"]) != stored.types:
-        session.execute(delete(TYPES).where(TYPES.c.entity_pk == stored.pk))
-        session.execute(insert(TYPES), _type_rows(stored.pk, stored.commune_id, document))
+        raw.execute("DELETE FROM hub_entity_types WHERE entity_pk = ?", (pk,))
+        rows.add_types(pk, commune_id, document)
     geometry = orjson.dumps(_geometries(document))
     if geometry != stored.geometry:
-        session.execute(delete(GEOMETRIES).where(GEOMETRIES.c.entity_pk == stored.pk))
-        rows = _geometry_rows(stored.pk, stored.commune_id, document)
-        if rows:
-            session.execute(insert(GEOMETRIES), rows)
+        raw.execute("DELETE FROM hub_geometries WHERE entity_pk = ?", (pk,))
+        rows.add_geometries(pk, commune_id, document)
     values = _value_snapshot(document)
     changed = [
         iri
@@ -506,23 +555,14 @@ def _store(session: Session, stored: Stored) -> None:
         if values.get(iri) != stored.values.get(iri)
     ]
     if changed:
-        rows = _value_rows(stored.pk, stored.commune_id, document, changed)
-        if cursor is not None:
-            marks = ",".join("?" * len(changed))
-            cursor.execute(
-                f"DELETE FROM hub_values WHERE entity_pk = ? AND attribute_iri IN ({marks})",
-                (stored.pk, *changed),
+        marks = ",".join("?" * len(changed))
+        for index_table in ("hub_numbers", "hub_texts"):
+            raw.execute(
+                f"DELETE FROM {index_table} WHERE entity_pk = ? AND attribute_iri IN ({marks})",
+                (pk, *changed),
             )
-            cursor.executemany(
-                "INSERT INTO hub_values (entity_pk, commune_id, attribute_iri, number, text) "
-                "VALUES (:entity_pk, :commune_id, :attribute_iri, :number, :text)",
-                rows,
-            )
-        else:
-            connection = session.connection()
-            connection.execute(_DELETE_VALUES, {"entity_pk": stored.pk, "iris": changed})
-            if rows:
-                connection.execute(_INSERT_VALUES, rows)
+        rows.add_values(pk, commune_id, document, changed)
+    rows.write(raw)
     stored.types = tuple(document["type"])
     stored.geometry = geometry
     stored.values = values
@@ -570,102 +610,101 @@ def _new_document(entity: dict[str, Any], now: str) -> dict[str, Any]:
     return document
 
 
-_SQLITE_INSERTS = {
-    "types": "INSERT INTO hub_entity_types (entity_pk, commune_id, type_iri) "
-    "VALUES (:entity_pk, :commune_id, :type_iri)",
-    "geometries": "INSERT INTO hub_geometries (entity_pk, commune_id, attribute_iri, min_lon, "
-    "min_lat, max_lon, max_lat) VALUES (:entity_pk, :commune_id, :attribute_iri, :min_lon, "
-    ":min_lat, :max_lon, :max_lat)",
-    "values": "INSERT INTO hub_values (entity_pk, commune_id, attribute_iri, number, text) "
-    "VALUES (:entity_pk, :commune_id, :attribute_iri, :number, :text)",
-}
+@dataclass
+class IndexRows:
+    """Rows of the type, geometry and value indexes, gathered to be written at once."""
+
+    types: list[tuple[Any, ...]] = field(default_factory=list)
+    geometries: list[tuple[Any, ...]] = field(default_factory=list)
+    numbers: list[tuple[Any, ...]] = field(default_factory=list)
+    texts: list[tuple[Any, ...]] = field(default_factory=list)
+
+    INSERTS = (
+        (
+            "types",
+            "INSERT INTO hub_entity_types (commune_id, type_iri, entity_pk) VALUES (?, ?, ?)",
+        ),
+        (
+            "geometries",
+            "INSERT INTO hub_geometries (entity_pk, commune_id, attribute_iri, min_lon, "
+            "min_lat, max_lon, max_lat) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ),
+        (
+            "numbers",
+            "INSERT INTO hub_numbers (commune_id, attribute_iri, number, entity_pk) "
+            "VALUES (?, ?, ?, ?)",
+        ),
+        (
+            "texts",
+            "INSERT INTO hub_texts (commune_id, attribute_iri, text, entity_pk) "
+            "VALUES (?, ?, ?, ?)",
+        ),
+    )
+
+    def add_entity(self, pk: int, commune_id: int, document: dict[str, Any]) -> None:
+        self.add_types(pk, commune_id, document)
+        self.add_geometries(pk, commune_id, document)
+        self.add_values(pk, commune_id, document, attribute_iris(document))
+
+    def add_types(self, pk: int, commune_id: int, document: dict[str, Any]) -> None:
+        self.types.extend((commune_id, iri, pk) for iri in document["type"])
+
+    def add_geometries(self, pk: int, commune_id: int, document: dict[str, Any]) -> None:
+        for iri, value in _geometries(document):
+            box = geometry_bbox(value)
+            if box is not None:
+                self.geometries.append((pk, commune_id, iri, *box))
+
+    def add_values(
+        self, pk: int, commune_id: int, document: dict[str, Any], iris: Iterable[str]
+    ) -> None:
+        """What the value index holds for ``q``: each distinct number and text an
+        attribute's instances can compare (see ``index_values``)."""
+        for iri in iris:
+            instances = document.get(iri) or ()
+            if len(instances) == 1:
+                numbers, texts = index_values(instances[0])
+            else:
+                numbers, texts = [], []
+                for instance in instances:
+                    found = index_values(instance)
+                    numbers.extend(found[0])
+                    texts.extend(found[1])
+            if numbers:
+                distinct = numbers if len(numbers) == 1 else dict.fromkeys(numbers)
+                self.numbers.extend((commune_id, iri, number, pk) for number in distinct)
+            if texts:
+                distinct = texts if len(texts) == 1 else dict.fromkeys(texts)
+                self.texts.extend((commune_id, iri, text, pk) for text in distinct)
+
+    def write(self, raw: _Raw) -> None:
+        for name, sql in self.INSERTS:
+            raw.executemany(sql, getattr(self, name))
 
 
 def _insert_new(session: Session, commune_id: int, documents: list[dict[str, Any]]) -> None:
     """Insert new entities and their index rows in a few statements."""
     if not documents:
         return
-    connection = session.connection()
-    cursor = _sqlite_cursor(session)
-    if cursor is not None:
-        cursor.executemany(
-            "INSERT INTO hub_entities (commune_id, entity_id, document) VALUES (?, ?, ?)",
-            [(commune_id, d["id"], orjson.dumps(d).decode()) for d in documents],
-        )
-    else:
-        connection.execute(
-            insert(ENTITIES),
-            [{"commune_id": commune_id, "entity_id": d["id"], "document": d} for d in documents],
-        )
-    pks = _pks(connection, commune_id, [d["id"] for d in documents])
-    index_rows = {
-        "types": [r for d in documents for r in _type_rows(pks[d["id"]], commune_id, d)],
-        "geometries": [r for d in documents for r in _geometry_rows(pks[d["id"]], commune_id, d)],
-        "values": [r for d in documents for r in _value_rows(pks[d["id"]], commune_id, d)],
-    }
-    tables = {"types": TYPES, "geometries": GEOMETRIES, "values": VALUES}
-    for name, rows in index_rows.items():
-        if not rows:
-            continue
-        if cursor is not None:
-            cursor.executemany(_SQLITE_INSERTS[name], rows)
-        else:
-            connection.execute(insert(tables[name]), rows)
-
-
-def _pks(connection: Any, commune_id: int, entity_ids: list[str]) -> dict[str, int]:
-    """Keys of just-inserted rows (one query per 500, cheaper than RETURNING row by row)."""
-    found: dict[str, int] = {}
-    for start in range(0, len(entity_ids), 500):
-        statement = select(ENTITIES.c.entity_id, ENTITIES.c.pk).where(
-            ENTITIES.c.commune_id == commune_id,
-            ENTITIES.c.entity_id.in_(entity_ids[start : start + 500]),
-        )
-        found.update((row.entity_id, row.pk) for row in connection.execute(statement))
-    return found
-
-
-def _type_rows(pk: int, commune_id: int, document: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {"entity_pk": pk, "commune_id": commune_id, "type_iri": iri} for iri in document["type"]
-    ]
-
-
-def _geometry_rows(pk: int, commune_id: int, document: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for iri, value in _geometries(document):
-        box = geometry_bbox(value)
-        if box is not None:
-            rows.append(
-                {
-                    "entity_pk": pk,
-                    "commune_id": commune_id,
-                    "attribute_iri": iri,
-                    "min_lon": box[0],
-                    "min_lat": box[1],
-                    "max_lon": box[2],
-                    "max_lat": box[3],
-                }
-            )
-    return rows
+    raw = _Raw(session)
+    pks = raw.allocate_pks(len(documents))
+    raw.executemany(
+        "INSERT INTO hub_entities (pk, commune_id, entity_id, document) "
+        f"VALUES (?, ?, ?, {raw.json_mark})",
+        [
+            (pk, commune_id, d["id"], orjson.dumps(d).decode())
+            for pk, d in zip(pks, documents, strict=True)
+        ],
+    )
+    rows = IndexRows()
+    for pk, document in zip(pks, documents, strict=True):
+        rows.add_entity(pk, commune_id, document)
+    rows.write(raw)
 
 
 def _value_snapshot(document: dict[str, Any]) -> dict[str, bytes]:
     """Each attribute as JSON: the ones that differ after an edit get their index rows anew."""
     return {iri: orjson.dumps(document[iri]) for iri in attribute_iris(document)}
-
-
-def _value_rows(
-    pk: int, commune_id: int, document: dict[str, Any], only: Iterable[str] | None = None
-) -> list[dict[str, Any]]:
-    rows = []
-    for iri in attribute_iris(document) if only is None else only:
-        for instance in document.get(iri, ()):
-            numbers, texts = index_values(instance)
-            base = {"entity_pk": pk, "commune_id": commune_id, "attribute_iri": iri}
-            rows.extend({**base, "number": n, "text": None} for n in numbers)
-            rows.extend({**base, "number": None, "text": t} for t in texts)
-    return rows
 
 
 def create_entities(session: Session, commune_id: int, entities: list[dict]) -> BatchResult:
