@@ -327,6 +327,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> Response:
+        for prefix, handler in getattr(request.app.state, "http_error_handlers", {}).items():
+            if request.url.path.startswith(prefix):
+                return await handler(request, error)
         titles = {404: _("Page introuvable"), 405: _("Méthode non autorisée")}
         return error_response(
             request,
@@ -388,6 +391,7 @@ def create_app(settings: Settings, db: Database | None = None, *, run_jobs: bool
     app.state.bus = InProcessBus()
     app.state.jobs = runner
     app.state.templates = make_environment()
+    app.state.http_error_handlers = {}
     app.add_middleware(ShellMiddleware, settings=settings)
     for module in capability_modules("fastpath"):
         app.add_middleware(module.FastPath)
@@ -398,6 +402,8 @@ def create_app(settings: Settings, db: Database | None = None, *, run_jobs: bool
     for module in capability_modules("api"):
         for error_type, handler in getattr(module, "EXCEPTION_HANDLERS", {}).items():
             app.add_exception_handler(error_type, handler)
+        # Protocols answer routing errors (404, 405) in their own error format.
+        app.state.http_error_handlers.update(getattr(module, "HTTP_ERROR_HANDLERS", {}))
     for router in _capability_routers():
         for route in router.routes:
             target = per_commune if route.path.startswith("/{commune}") else fixed

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from communs.core.auth import LoginRequired, load_principal, mark_access
@@ -37,6 +38,7 @@ from communs.hub.errors import (
     Forbidden,
     InvalidRequest,
     LdContextNotAvailable,
+    MethodNotAllowed,
     NgsiError,
     NonExistingTenant,
     NotAcceptable,
@@ -219,6 +221,7 @@ def json_response(
 
 
 @router.post("/entities", status_code=201)
+@router.post("/entities/", status_code=201, include_in_schema=False)
 async def create_entity(request: Request, tenant: Writer) -> Response:
     payload, terms, _context = await read_body(request)
     entity = parse_entity(payload, terms)
@@ -227,6 +230,7 @@ async def create_entity(request: Request, tenant: Writer) -> Response:
 
 
 @router.get("/entities")
+@router.get("/entities/", include_in_schema=False)
 async def query_entities(request: Request, tenant: Reader) -> Response:
     terms, context = await arequest_terms(request)
     return await _run_query(request, tenant, request.query_params, terms, context)
@@ -743,7 +747,17 @@ async def on_ngsi_error(_request: Request, error: NgsiError) -> Response:
     return problem_response(error)
 
 
+async def on_routing_error(_request: Request, error: StarletteHTTPException) -> Response:
+    """A path or method the API does not have, as NGSI-LD ProblemDetails."""
+    if error.status_code == 405:
+        return problem_response(MethodNotAllowed(f"{error.detail}"))
+    if error.status_code == 404:
+        return problem_response(ResourceNotFound("no such resource in the NGSI-LD API"))
+    return problem_response(BadRequestData(str(error.detail)))
+
+
 EXCEPTION_HANDLERS = {NgsiError: on_ngsi_error}
+HTTP_ERROR_HANDLERS = {PREFIX + "/": on_routing_error}
 
 
 # The @context store (clause 5.13) adds its routes to ``router`` when imported.

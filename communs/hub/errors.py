@@ -52,6 +52,10 @@ class OperationNotSupported(NgsiError):
     type_name, status, title = "OperationNotSupported", 422, "Operation not supported"
 
 
+class MethodNotAllowed(NgsiError):
+    type_name, status, title = "OperationNotSupported", 405, "Method not allowed"
+
+
 class TooManyResults(NgsiError):
     type_name, status, title = "TooManyResults", 403, "Too many results"
 

@@ -2,6 +2,7 @@
 
 import pytest
 from ngsi_client import BASE, CORE
+from sqlalchemy import text
 
 STREETLIGHT = {
     "id": "urn:ngsi-ld:Streetlight:1",
@@ -387,3 +388,64 @@ def test_scope_q_selects_entities_by_scope(hub):
     assert hub.get("/entities/urn:ngsi-ld:Bin:2").json()["scope"] == ["/Sud/Port", "/Nord/Mairie"]
     bad = hub.get("/entities", params={"type": "WasteContainer", "scopeQ": "Nord"})
     assert bad.status_code == 400
+
+
+def _near(hub, lon: float, lat: float, metres: int = 100) -> list[str]:
+    found = hub.get(
+        "/entities",
+        params={
+            "type": "Lamp",
+            "georel": f"near;maxDistance=={metres}",
+            "geometry": "Point",
+            "coordinates": f"[{lon},{lat}]",
+        },
+    )
+    assert found.status_code == 200, found.text
+    return [entity["id"] for entity in found.json()]
+
+
+def _point(lon: float, lat: float) -> dict:
+    return {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}}
+
+
+def test_spatial_index_follows_moves_and_deletes(hub, db):
+    for n, lon in enumerate((0.70, 0.71, 0.72)):
+        assert (
+            hub.create(
+                {"id": f"urn:ngsi-ld:Lamp:{n}", "type": "Lamp", "location": _point(lon, 47.4)}
+            ).status_code
+            == 201
+        )
+    assert _near(hub, 0.70, 47.4) == ["urn:ngsi-ld:Lamp:0"]
+    moved = hub.request(
+        "PATCH", "/entities/urn:ngsi-ld:Lamp:0/attrs", {"location": _point(0.75, 47.4)}
+    )
+    assert moved.status_code == 204
+    assert _near(hub, 0.70, 47.4) == []
+    assert _near(hub, 0.75, 47.4) == ["urn:ngsi-ld:Lamp:0"]
+    assert hub.request("DELETE", "/entities/urn:ngsi-ld:Lamp:1").status_code == 204
+    deleted = hub.request("POST", "/entityOperations/delete", ["urn:ngsi-ld:Lamp:2"])
+    assert deleted.status_code == 204
+    assert _near(hub, 0.71, 47.4, 5000) == ["urn:ngsi-ld:Lamp:0"]
+    # The spatial index holds exactly the boxes of the remaining geometries.
+    with db.read() as session:
+        geometries = session.execute(text("SELECT count(*) FROM hub_geometries")).scalar()
+        if session.get_bind().dialect.name == "sqlite":
+            boxes = session.execute(text("SELECT count(*) FROM hub_geometry_boxes")).scalar()
+            assert boxes == geometries
+    assert geometries == 1
+
+
+def test_trailing_slash_and_routing_errors_answer_problem_details(hub):
+    entity = {"id": "urn:ngsi-ld:Lamp:slash", "type": "Lamp"}
+    assert hub.request("POST", "/entities/", entity).status_code == 201
+    listed = hub.get("/entities/", params={"type": "Lamp"})
+    assert [e["id"] for e in listed.json()] == ["urn:ngsi-ld:Lamp:slash"]
+    wrong_method = hub.request("DELETE", "/entityOperations/upsert")
+    assert wrong_method.status_code == 405
+    assert (
+        wrong_method.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/OperationNotSupported"
+    )
+    unknown = hub.get("/no-such-resource")
+    assert unknown.status_code == 404
+    assert unknown.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound"
