@@ -118,7 +118,7 @@ def _json_dumps(value: Any) -> str:
 
 
 class _WriterThread(threading.Thread):
-    """Owns the one SQLite write connection; runs queued units of work in order.
+    """Owns the process's write connection; runs queued units of work in order.
 
     Units waiting together are committed together (group commit): one transaction for
     up to ``GROUP_LIMIT`` units, each caller answered only once that commit is done.
@@ -129,7 +129,7 @@ class _WriterThread(threading.Thread):
     GROUP_LIMIT = 64
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
-        super().__init__(name="communs-sqlite-writer", daemon=True)
+        super().__init__(name="communs-writer", daemon=True)
         self.sessions = sessions
         self.work: queue.Queue[tuple[Callable[[Session], Any], Future[Any]] | None] = queue.Queue()
 
@@ -187,7 +187,13 @@ class _WriterThread(threading.Thread):
 
 
 class Database:
-    """Readers in parallel, writes through one queue on SQLite."""
+    """Readers in parallel, writes through one queue and one connection.
+
+    On SQLite that is how writes stay fast (one writer at a time anyway). On PostgreSQL
+    it gives group commit: concurrent writes of the process share one transaction and
+    one WAL flush, which is what bounds small writes there. Several processes each have
+    their own writer.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -218,20 +224,14 @@ class Database:
         An exception rolls the whole unit back and is raised to the caller.
         """
 
-        if not self.is_sqlite:
-            with self.write_sessions.begin() as session:
-                return unit(session, *args, **kwargs)
         return self._submit(unit, *args, **kwargs).result()
 
     def write_later(self, unit: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Queue a unit whose outcome nobody waits for (bookkeeping such as "last used")."""
-        if self.is_sqlite:
-            self._submit(unit, *args, **kwargs)
-        else:
-            self.write(unit, *args, **kwargs)
+        self._submit(unit, *args, **kwargs)
 
     def _submit(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
-        """Queue a unit for the SQLite writer; it runs with the caller's context (language)."""
+        """Queue a unit for the writer; it runs with the caller's context (language)."""
         writer = self._ensure_writer()
         if threading.current_thread() is writer:
             raise RuntimeError("Database.write() called from inside a write unit")
@@ -245,9 +245,7 @@ class Database:
         return future
 
     async def awrite(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``write`` for async code: on SQLite the event loop awaits the writer directly."""
-        if not self.is_sqlite:
-            return await asyncio.to_thread(self.write, unit, *args, **kwargs)
+        """``write`` for async code: the event loop awaits the writer directly."""
         return await asyncio.wrap_future(self._submit(unit, *args, **kwargs))
 
     def ping(self) -> None:
