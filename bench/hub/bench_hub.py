@@ -293,13 +293,17 @@ def bench_batch(args: argparse.Namespace, folder: Path) -> None:
 INDEXED_TABLES = ("hub_entities", "hub_entity_types", "hub_geometries", "hub_numbers", "hub_texts")
 
 
+def indexed_tables(url: str) -> tuple[str, ...]:
+    return (*INDEXED_TABLES, "hub_geometry_boxes") if url.startswith("sqlite") else INDEXED_TABLES
+
+
 def stored_rows(url: str) -> dict[str, list[dict]]:
     """Every row the hub wrote for the benchmark's entities, table by table."""
     engine = create_engine(url)
     metadata = MetaData()
     rows = {}
     with engine.connect() as connection:
-        for name in INDEXED_TABLES:
+        for name in indexed_tables(url):
             table = Table(name, metadata, autoload_with=connection)
             rows[name] = [dict(row._mapping) for row in connection.execute(table.select())]
     engine.dispose()
@@ -321,7 +325,7 @@ def reference_insert_stored(url: str, stored: dict[str, list[dict]], folder: Pat
             event.listen(engine, "connect", _sqlite_pragmas)
         metadata = MetaData()
         with engine.connect() as connection:
-            tables = {n: Table(n, metadata, autoload_with=connection) for n in INDEXED_TABLES}
+            tables = {n: Table(n, metadata, autoload_with=connection) for n in stored}
         chunks = _chunks_by_entity(stored, commune.id)
         begin = time.perf_counter()
         with engine.connect() as connection:
@@ -352,6 +356,11 @@ def _chunks_by_entity(stored: dict[str, list[dict]], commune_id: int, size: int 
         for name in INDEXED_TABLES[1:]:
             chunk[name] = [
                 {**row, "commune_id": commune_id} for row in stored[name] if row["entity_pk"] in pks
+            ]
+        if "hub_geometry_boxes" in stored:  # the SQLite R*Tree, keyed by geometry id
+            ids = {row["id"] for row in chunk["hub_geometries"]}
+            chunk["hub_geometry_boxes"] = [
+                row for row in stored["hub_geometry_boxes"] if row["id"] in ids
             ]
         chunks.append(chunk)
     return chunks

@@ -43,8 +43,9 @@ class HubEntityType(Base):
 class HubGeometry(Base):
     """Bounding box of each GeoProperty instance, for geo-query pre-filtering.
 
-    The boxes are indexed spatially: an R*Tree (``hub_geometry_boxes``, kept in step by
-    triggers) on SQLite, a GiST index on ``box(…)`` on PostgreSQL (migration 0004).
+    The boxes are indexed spatially: on SQLite an R*Tree, ``hub_geometry_boxes``, with
+    the same ids (written with these rows; a trigger deletes them), on PostgreSQL a GiST
+    index on ``box(…)`` (migration 0004).
     """
 
     __tablename__ = "hub_geometries"

@@ -646,6 +646,8 @@ def index_values(instance: Mapping[str, Any]) -> tuple[list[float], list[str]]:
     scalar = _plain_scalar(instance)
     if scalar is not None:
         return scalar
+    if instance.get("type") == "GeoProperty":  # a GeoJSON object: no top-level scalar
+        return [], []
     target = _node_target(instance, ())
     if target is None:
         return [], []

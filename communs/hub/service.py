@@ -619,28 +619,6 @@ class IndexRows:
     numbers: list[tuple[Any, ...]] = field(default_factory=list)
     texts: list[tuple[Any, ...]] = field(default_factory=list)
 
-    INSERTS = (
-        (
-            "types",
-            "INSERT INTO hub_entity_types (commune_id, type_iri, entity_pk) VALUES (?, ?, ?)",
-        ),
-        (
-            "geometries",
-            "INSERT INTO hub_geometries (entity_pk, commune_id, attribute_iri, min_lon, "
-            "min_lat, max_lon, max_lat) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        ),
-        (
-            "numbers",
-            "INSERT INTO hub_numbers (commune_id, attribute_iri, number, entity_pk) "
-            "VALUES (?, ?, ?, ?)",
-        ),
-        (
-            "texts",
-            "INSERT INTO hub_texts (commune_id, attribute_iri, text, entity_pk) "
-            "VALUES (?, ?, ?, ?)",
-        ),
-    )
-
     def add_entity(self, pk: int, commune_id: int, document: dict[str, Any]) -> None:
         self.add_types(pk, commune_id, document)
         self.add_geometries(pk, commune_id, document)
@@ -678,8 +656,43 @@ class IndexRows:
                 self.texts.extend((commune_id, iri, text, pk) for text in distinct)
 
     def write(self, raw: _Raw) -> None:
-        for name, sql in self.INSERTS:
-            raw.executemany(sql, getattr(self, name))
+        raw.executemany(
+            "INSERT INTO hub_entity_types (commune_id, type_iri, entity_pk) VALUES (?, ?, ?)",
+            self.types,
+        )
+        self._write_geometries(raw)
+        raw.executemany(
+            "INSERT INTO hub_numbers (commune_id, attribute_iri, number, entity_pk) "
+            "VALUES (?, ?, ?, ?)",
+            self.numbers,
+        )
+        raw.executemany(
+            "INSERT INTO hub_texts (commune_id, attribute_iri, text, entity_pk) "
+            "VALUES (?, ?, ?, ?)",
+            self.texts,
+        )
+
+    def _write_geometries(self, raw: _Raw) -> None:
+        columns = "entity_pk, commune_id, attribute_iri, min_lon, min_lat, max_lon, max_lat"
+        if not raw.sqlite:
+            raw.executemany(
+                f"INSERT INTO hub_geometries ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                self.geometries,
+            )
+            return
+        if not self.geometries:
+            return
+        # The R*Tree row takes the id of its geometry row: ids are given up front.
+        last = raw.execute("SELECT coalesce(max(id), 0) FROM hub_geometries").fetchone()[0]
+        rows = [(last + n, *row) for n, row in enumerate(self.geometries, 1)]
+        raw.executemany(
+            f"INSERT INTO hub_geometries (id, {columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+        )
+        raw.executemany(
+            "INSERT INTO hub_geometry_boxes (id, min_lon, max_lon, min_lat, max_lat) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(row[0], row[4], row[6], row[5], row[7]) for row in rows],
+        )
 
 
 def _insert_new(session: Session, commune_id: int, documents: list[dict[str, Any]]) -> None:
