@@ -551,6 +551,7 @@ async def batch_create(request: Request, tenant: Writer) -> Response:
     payload, terms = await _batch_body(request)
     entities, errors = _parse_batch(payload, terms, require_type=True)
     result = await request.app.state.db.awrite(service.create_entities, tenant.commune_id, entities)
+    service.STATISTICS.grew(request.app.state.db, len(result.created))
     return _batch_response(result, errors, created_status=True)
 
 
@@ -564,6 +565,7 @@ async def batch_upsert(request: Request, tenant: Writer) -> Response:
     result = await request.app.state.db.awrite(
         service.upsert_entities, tenant.commune_id, entities, replace=options == ["replace"]
     )
+    service.STATISTICS.grew(request.app.state.db, len(result.created))
     return _batch_response(result, errors, created_status=True)
 
 

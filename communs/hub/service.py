@@ -6,14 +6,17 @@ never visible from another. Write functions are units of work for ``Database.wri
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, column, delete, func, or_, select, table, update
+from sqlalchemy import and_, bindparam, column, delete, func, or_, select, table, text, update
 from sqlalchemy.orm import Session
 
+from communs.core.db import Database
 from communs.hub.document import (
     ENTITY_KEYS,
     MEMBERS,
@@ -35,6 +38,8 @@ from communs.hub.query_language import (
 from communs.hub.regex import Pattern, RegexError, compile_regex
 
 MAX_PAGE = 1000
+
+log = logging.getLogger(__name__)
 
 Filter = Callable[[dict[str, Any]], bool]
 
@@ -886,3 +891,49 @@ def attribute_details(
             info.attribute_types.update(i["type"] for i in document[iri])
             info.type_names.update(document["type"])
     return details
+
+
+# ---------------------------------------------------------------- planner statistics
+
+
+class PlannerStatistics:
+    """PostgreSQL plans hub queries from table statistics that autovacuum refreshes
+    about once a minute. Right after a bulk load it plans for near-empty tables (nested
+    loops over everything: seconds per query instead of a millisecond). So once batches
+    have grown the hub's tables by a tenth, they are analysed at once, in the background
+    (ANALYZE blocks neither reads nor writes). SQLite plans well without statistics."""
+
+    TABLES = "hub_entities, hub_entity_types, hub_geometries, hub_numbers, hub_texts"
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.analysed_rows = 0
+        self.new_rows = 0
+        self.running = False
+
+    def grew(self, db: Database, rows: int) -> None:
+        if db.is_sqlite or rows <= 0:
+            return
+        with self.lock:
+            self.new_rows += rows
+            if self.running or self.new_rows < max(1000, self.analysed_rows // 10):
+                return
+            self.running = True
+            self.analysed_rows += self.new_rows
+            self.new_rows = 0
+        threading.Thread(target=self._analyse, args=(db,), daemon=True).start()
+
+    def _analyse(self, db: Database) -> None:
+        try:
+            with db.engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+                    text(f"ANALYZE {self.TABLES}")
+                )
+        except Exception:  # noqa: BLE001 - autovacuum will do it later anyway
+            log.warning("ANALYZE of the hub tables failed", exc_info=True)
+        finally:
+            with self.lock:
+                self.running = False
+
+
+STATISTICS = PlannerStatistics()

@@ -1,5 +1,11 @@
 """Batch operations, POST query and discovery."""
 
+import time
+
+from sqlalchemy import text
+
+from communs.hub import service
+
 
 def bins(numbers, **extra):
     return [
@@ -165,3 +171,27 @@ def test_discovery_is_per_tenant(hub, hub_beta):
     hub.create(bins([1])[0])
     assert hub_beta.get("/types").json()["typeList"] == []
     assert hub_beta.get("/attributes").json()["attributeList"] == []
+
+
+def test_bulk_load_on_postgresql_refreshes_planner_statistics(hub, db, monkeypatch):
+    """Right after a bulk load PostgreSQL must not plan for empty tables."""
+    statistics = service.PlannerStatistics()
+    monkeypatch.setattr(service, "STATISTICS", statistics)
+    entities = [{"id": f"urn:ngsi-ld:Bulk:{n}", "type": "Bulk"} for n in range(1200)]
+    assert hub.request("POST", "/entityOperations/upsert", entities).status_code == 201
+    if db.is_sqlite:  # SQLite plans well without statistics: nothing to do
+        assert (statistics.new_rows, statistics.analysed_rows) == (0, 0)
+        return
+    assert statistics.analysed_rows == 1200
+    deadline = time.monotonic() + 20
+    analysed = None
+    while time.monotonic() < deadline and analysed is None:
+        with db.read() as session:
+            analysed = session.execute(
+                text(
+                    "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'hub_entities'"
+                    " AND last_analyze IS NOT NULL"
+                )
+            ).scalar()
+        time.sleep(0.2)
+    assert analysed is not None
