@@ -77,9 +77,16 @@ def check_datetime(value: Any, what: str) -> str:
     raise BadRequestData(f"{what} must be an ISO 8601 date-time: {value!r}")
 
 
+_VALID_NAMES: set[str] = set()
+
+
 def check_name(name: Any) -> str:
+    if name in _VALID_NAMES:
+        return name
     if not isinstance(name, str) or not name or FORBIDDEN_NAME_CHARS & set(name):
         raise BadRequestData(f"invalid attribute name: {name!r}")
+    if len(_VALID_NAMES) < 65_536:
+        _VALID_NAMES.add(name)
     return name
 
 
@@ -132,8 +139,19 @@ def parse_attributes(
     return attributes
 
 
+_PLAIN_PROPERTY_KEYS = frozenset({"type", "value", "unitCode", "observedAt"})
+_SCALAR_TYPES = frozenset({int, float, str, bool})
+
+
 def parse_attribute(name: str, raw: Any, terms: TermMap) -> list[dict[str, Any]]:
     """One attribute: one instance, or several with distinct datasetIds."""
+    if (
+        type(raw) is dict
+        and raw.get("type") == "Property"
+        and type(raw.get("value")) in _SCALAR_TYPES
+        and raw.keys() <= _PLAIN_PROPERTY_KEYS
+    ):
+        return [_plain_property(name, raw)]
     if isinstance(raw, list) and raw and all(_is_attribute_object(item) for item in raw):
         instances = [parse_instance(name, item, terms) for item in raw]
     else:
@@ -142,6 +160,19 @@ def parse_attribute(name: str, raw: Any, terms: TermMap) -> list[dict[str, Any]]
     if len(set(dataset_ids)) != len(dataset_ids):
         raise BadRequestData(f"attribute {name!r} repeats a datasetId")
     return instances
+
+
+def _plain_property(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """The most common attribute, a Property with a scalar value, without the general
+    walk; the result is what ``parse_instance`` gives."""
+    instance = {"type": "Property", "value": raw["value"]}
+    if "observedAt" in raw:
+        instance["observedAt"] = check_datetime(raw["observedAt"], f"{name}.observedAt")
+    if "unitCode" in raw:
+        if not isinstance(raw["unitCode"], str):
+            raise BadRequestData(f"{name}.unitCode must be a string")
+        instance["unitCode"] = raw["unitCode"]
+    return instance
 
 
 def _is_attribute_object(value: Any) -> bool:

@@ -54,6 +54,26 @@ def test_create_twice_is_already_exists(hub):
         ({"id": "urn:ngsi-ld:X:1"}, "BadRequestData"),
         ({"id": "urn:ngsi-ld:X:1", "type": "X", "p": {"type": "Property"}}, "BadRequestData"),
         (
+            {
+                "id": "urn:ngsi-ld:X:1",
+                "type": "X",
+                "p": {"type": "Property", "value": 1, "observedAt": "hier"},
+            },
+            "BadRequestData",
+        ),
+        (
+            {
+                "id": "urn:ngsi-ld:X:1",
+                "type": "X",
+                "p": {"type": "Property", "value": 1, "unitCode": 5},
+            },
+            "BadRequestData",
+        ),
+        (
+            {"id": "urn:ngsi-ld:X:1", "type": "X", "p=": {"type": "Property", "value": 1}},
+            "BadRequestData",
+        ),
+        (
             {"id": "urn:ngsi-ld:X:1", "type": "X", "r": {"type": "Relationship", "object": "x"}},
             "BadRequestData",
         ),
