@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from communs.core.db import Base, JSONType, UTCDateTime, utcnow
@@ -106,3 +106,47 @@ class HubText(Base):
     entity_pk: Mapped[int] = mapped_column(
         ForeignKey("hub_entities.pk", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+class HubTemporalEntity(Base):
+    """An entity as the temporal API knows it: it outlives the entity itself, whose
+    history stays until deleted through ``/temporal/entities``."""
+
+    __tablename__ = "hub_temporal_entities"
+    __table_args__ = (UniqueConstraint("commune_id", "entity_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    commune_id: Mapped[int] = mapped_column(ForeignKey("communes.id", ondelete="CASCADE"))
+    entity_id: Mapped[str] = mapped_column(String(256))
+    types: Mapped[list[str]] = mapped_column(JSONType)
+
+
+class HubSeries(Base):
+    """The history of one attribute instance (attribute and datasetId) of an entity."""
+
+    __tablename__ = "hub_temporal_series"
+    __table_args__ = (UniqueConstraint("temporal_entity_id", "attribute_iri", "dataset_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    temporal_entity_id: Mapped[int] = mapped_column(
+        ForeignKey("hub_temporal_entities.id", ondelete="CASCADE")
+    )
+    commune_id: Mapped[int] = mapped_column(Integer)
+    attribute_iri: Mapped[str] = mapped_column(String(512))
+    dataset_id: Mapped[str] = mapped_column(String(256), default="")
+
+
+class HubInstance(Base):
+    """One recorded attribute instance; append-only. Times are microseconds since the
+    epoch (UTC): compact rows, cheap range scans. ``instance`` is the stored instance
+    without the three times, which the columns hold."""
+
+    __tablename__ = "hub_temporal_instances"
+    __table_args__ = (Index("ix_hub_temporal_instances_series_time", "series_id", "observed_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("hub_temporal_series.id", ondelete="CASCADE"))
+    observed_at: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    number: Mapped[float | None] = mapped_column(Float, nullable=True)
+    instance: Mapped[dict[str, Any]] = mapped_column(JSONType)

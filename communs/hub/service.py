@@ -17,6 +17,7 @@ from sqlalchemy import and_, bindparam, column, delete, func, or_, select, table
 from sqlalchemy.orm import Session
 
 from communs.core.db import Database
+from communs.hub import history
 from communs.hub.document import (
     ENTITY_KEYS,
     MEMBERS,
@@ -91,7 +92,7 @@ _SAVE = update(ENTITIES).where(ENTITIES.c.pk == bindparam("entity_pk"))
 _DELETE = delete(ENTITIES).where(ENTITIES.c.pk == bindparam("entity_pk"))
 
 
-class _Raw:
+class RawCursor:
     """The session's own DB-API cursor, in its transaction. Single-entity updates and
     the index rows of batches go through it, skipping the per-statement and per-row
     cost of the SQL toolkit (larger than the database's own work here). Statements are
@@ -134,14 +135,14 @@ class _Raw:
         marks = ", ".join(self.json_mark if c == json_column else "?" for c in columns)
         self.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
 
-    def allocate_pks(self, count: int) -> list[int]:
-        """Keys for new entities, taken before inserting them (no read-back needed).
-        On SQLite the single writer holds the write lock, so max(pk) is stable."""
+    def allocate_ids(self, table: str, count: int, column: str = "id") -> list[int]:
+        """Keys for new rows, taken before inserting them (no read-back needed). On
+        SQLite the single writer holds the write lock, so max() is stable."""
         if self.sqlite:
-            last = self.execute("SELECT coalesce(max(pk), 0) FROM hub_entities").fetchone()[0]
+            last = self.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()[0]
             return list(range(last + 1, last + 1 + count))
         self.execute(
-            "SELECT nextval(pg_get_serial_sequence('hub_entities', 'pk')) "
+            f"SELECT nextval(pg_get_serial_sequence('{table}', '{column}')) "
             "FROM generate_series(1, ?)",
             (count,),
         )
@@ -149,7 +150,7 @@ class _Raw:
 
 
 def _load(session: Session, commune_id: int, entity_id: str) -> Stored | None:
-    raw = _Raw(session)
+    raw = RawCursor(session)
     if raw.sqlite:
         cursor = raw.execute(
             "SELECT pk, document FROM hub_entities WHERE commune_id = ? AND entity_id = ?",
@@ -560,7 +561,7 @@ def _finish(session: Session, stored: Stored, result: UpdateResult, now: str) ->
 def _store(session: Session, stored: Stored) -> None:
     """Write the edited document; refresh the index rows of what changed."""
     document, pk, commune_id = stored.document, stored.pk, stored.commune_id
-    raw = _Raw(session)
+    raw = RawCursor(session)
     raw.execute(
         f"UPDATE hub_entities SET document = {raw.json_mark} WHERE pk = ?",
         (orjson.dumps(document).decode(), pk),
@@ -588,6 +589,7 @@ def _store(session: Session, stored: Stored) -> None:
             )
         rows.add_values(pk, commune_id, document, changed)
     rows.write(raw)
+    history.record(raw, commune_id, history.changes_of_update(document, changed))
     stored.types = tuple(document["type"])
     stored.geometry = geometry
     stored.values = values
@@ -615,7 +617,7 @@ class BatchResult:
 def _load_many(session: Session, commune_id: int, ids: Iterable[str]) -> dict[str, Stored]:
     wanted = list(dict.fromkeys(ids))
     found: dict[str, Stored] = {}
-    raw = _Raw(session)
+    raw = RawCursor(session)
     if not raw.sqlite:
         # A join on the array, not IN (…): before statistics exist, PostgreSQL rates a
         # long IN list as unselective and scans the table; a join probes the unique index.
@@ -696,13 +698,13 @@ class IndexRows:
                 distinct = texts if len(texts) == 1 else dict.fromkeys(texts)
                 self.texts.extend((commune_id, iri, text, pk) for text in distinct)
 
-    def write(self, raw: _Raw) -> None:
+    def write(self, raw: RawCursor) -> None:
         raw.insert_rows("hub_entity_types", ("commune_id", "type_iri", "entity_pk"), self.types)
         self._write_geometries(raw)
         raw.insert_rows("hub_numbers", NUMBER_COLUMNS, self.numbers)
         raw.insert_rows("hub_texts", TEXT_COLUMNS, self.texts)
 
-    def _write_geometries(self, raw: _Raw) -> None:
+    def _write_geometries(self, raw: RawCursor) -> None:
         if not raw.sqlite:
             raw.insert_rows("hub_geometries", GEOMETRY_COLUMNS, self.geometries)
             return
@@ -737,8 +739,8 @@ def _insert_new(session: Session, commune_id: int, documents: list[dict[str, Any
     """Insert new entities and their index rows in a few statements."""
     if not documents:
         return
-    raw = _Raw(session)
-    pks = raw.allocate_pks(len(documents))
+    raw = RawCursor(session)
+    pks = raw.allocate_ids("hub_entities", len(documents), "pk")
     raw.insert_rows(
         "hub_entities",
         ("pk", "commune_id", "entity_id", "document"),
@@ -752,6 +754,7 @@ def _insert_new(session: Session, commune_id: int, documents: list[dict[str, Any
     for pk, document in zip(pks, documents, strict=True):
         rows.add_entity(pk, commune_id, document)
     rows.write(raw)
+    history.record(raw, commune_id, [c for d in documents for c in history.changes_of_new(d)])
 
 
 def _value_snapshot(document: dict[str, Any]) -> dict[str, bytes]:

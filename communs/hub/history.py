@@ -1,0 +1,285 @@
+"""Temporal history of entities: every attribute change is recorded as an instance.
+
+Recording happens in the transaction of the change (same writer, same commit), so an
+acknowledged write always has its history. Rows are compact: an instance row holds
+its series (entity, attribute, datasetId), its times in microseconds since the epoch,
+its number when it has one (for aggregation), and the rest of the instance as JSON.
+An instance without ``observedAt`` is placed in time by its modification time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, select
+
+from communs.hub.document import attribute_iris
+from communs.hub.models import HubInstance, HubSeries, HubTemporalEntity
+
+ENTITIES = HubTemporalEntity.__table__
+SERIES = HubSeries.__table__
+INSTANCES = HubInstance.__table__
+
+SYSTEM_TIMES = ("createdAt", "modifiedAt")  # kept in columns; observedAt stays as given
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def to_micros(text: str) -> int:
+    moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return (moment - EPOCH) // dt.timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> str:
+    moment = EPOCH + dt.timedelta(microseconds=micros)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One attribute instance to record."""
+
+    entity_id: str
+    types: tuple[str, ...]
+    attribute_iri: str
+    instance: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TemporalEntity:
+    id: int
+    entity_id: str
+    types: tuple[str, ...]
+
+
+def changes_of_new(document: dict[str, Any]) -> list[Change]:
+    types = tuple(document["type"])
+    return [
+        Change(document["id"], types, iri, instance)
+        for iri in attribute_iris(document)
+        for instance in document[iri]
+    ]
+
+
+def changes_of_update(document: dict[str, Any], attributes: Iterable[str]) -> list[Change]:
+    """Instances of ``attributes`` written by the operation that set the entity's
+    ``modifiedAt`` (the others kept their own)."""
+    now = document["modifiedAt"]
+    types = tuple(document["type"])
+    return [
+        Change(document["id"], types, iri, instance)
+        for iri in attributes
+        for instance in document.get(iri) or ()
+        if instance.get("modifiedAt") == now
+    ]
+
+
+def record(raw: Any, commune_id: int, changes: list[Change]) -> None:
+    """Append ``changes`` to the history (``raw``: the session's cursor, see service)."""
+    if not changes:
+        return
+    entities = _temporal_entities(raw, commune_id, changes)
+    series = _series(raw, commune_id, entities, changes)
+    rows = []
+    for change in changes:
+        instance = change.instance
+        key = (entities[change.entity_id], change.attribute_iri, instance.get("datasetId", ""))
+        modified = to_micros(instance["modifiedAt"])
+        observed = instance.get("observedAt")
+        value = instance.get("value")
+        number = (
+            float(value)
+            if type(value) in (int, float) and instance.get("type") == "Property"
+            else None
+        )
+        stored = {k: v for k, v in instance.items() if k not in SYSTEM_TIMES}
+        rows.append(
+            (
+                series[key],
+                to_micros(observed) if observed else modified,
+                modified,
+                number,
+                orjson.dumps(stored).decode(),
+            )
+        )
+    raw.insert_rows(
+        "hub_temporal_instances",
+        ("series_id", "observed_at", "created_at", "number", "instance"),
+        rows,
+        json_column="instance",
+    )
+
+
+def _temporal_entities(raw: Any, commune_id: int, changes: list[Change]) -> dict[str, int]:
+    """Ids of the entities' temporal rows, created as needed; their types kept current."""
+    wanted = {change.entity_id: change.types for change in changes}
+    known: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for chunk in _chunks(list(wanted)):
+        marks = ",".join("?" * len(chunk))
+        raw.execute(
+            "SELECT id, entity_id, types FROM hub_temporal_entities "
+            f"WHERE commune_id = ? AND entity_id IN ({marks})",
+            (commune_id, *chunk),
+        )
+        for row_id, entity_id, types in raw.cursor.fetchall():
+            loaded = orjson.loads(types) if isinstance(types, str | bytes) else types
+            known[entity_id] = (row_id, tuple(loaded))
+    missing = [entity_id for entity_id in wanted if entity_id not in known]
+    if missing:
+        ids = raw.allocate_ids("hub_temporal_entities", len(missing))
+        raw.insert_rows(
+            "hub_temporal_entities",
+            ("id", "commune_id", "entity_id", "types"),
+            [
+                (row_id, commune_id, entity_id, orjson.dumps(list(wanted[entity_id])).decode())
+                for row_id, entity_id in zip(ids, missing, strict=True)
+            ],
+            json_column="types",
+        )
+        known.update(
+            (entity_id, (row_id, wanted[entity_id]))
+            for row_id, entity_id in zip(ids, missing, strict=True)
+        )
+    for entity_id, types in wanted.items():
+        row_id, stored_types = known[entity_id]
+        if stored_types != types:
+            raw.execute(
+                f"UPDATE hub_temporal_entities SET types = {raw.json_mark} WHERE id = ?",
+                (orjson.dumps(list(types)).decode(), row_id),
+            )
+    return {entity_id: row_id for entity_id, (row_id, _types) in known.items()}
+
+
+def _series(
+    raw: Any, commune_id: int, entities: dict[str, int], changes: list[Change]
+) -> dict[tuple[int, str, str], int]:
+    wanted = {
+        (entities[c.entity_id], c.attribute_iri, c.instance.get("datasetId", "")) for c in changes
+    }
+    found: dict[tuple[int, str, str], int] = {}
+    owners = sorted({key[0] for key in wanted})
+    for chunk in _chunks(owners):
+        marks = ",".join("?" * len(chunk))
+        raw.execute(
+            "SELECT id, temporal_entity_id, attribute_iri, dataset_id FROM hub_temporal_series "
+            f"WHERE temporal_entity_id IN ({marks})",
+            tuple(chunk),
+        )
+        for row_id, owner, iri, dataset_id in raw.cursor.fetchall():
+            found[(owner, iri, dataset_id)] = row_id
+    missing = sorted(key for key in wanted if key not in found)
+    if missing:
+        ids = raw.allocate_ids("hub_temporal_series", len(missing))
+        raw.insert_rows(
+            "hub_temporal_series",
+            ("id", "temporal_entity_id", "commune_id", "attribute_iri", "dataset_id"),
+            [
+                (row_id, owner, commune_id, iri, dataset_id)
+                for row_id, (owner, iri, dataset_id) in zip(ids, missing, strict=True)
+            ],
+        )
+        found.update(zip(missing, ids, strict=True))
+    return found
+
+
+def _chunks(items: list[Any], size: int = 500) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---------------------------------------------------------------- reading
+
+
+def find_temporal_entities(
+    session: Any,
+    commune_id: int,
+    *,
+    entity_ids: tuple[str, ...] = (),
+    types: tuple[str, ...] = (),
+    limit: int,
+    offset: int,
+) -> list[TemporalEntity]:
+    """Entities with a history in this commune, oldest first."""
+    statement = select(ENTITIES.c.id, ENTITIES.c.entity_id, ENTITIES.c.types).where(
+        ENTITIES.c.commune_id == commune_id
+    )
+    if entity_ids:
+        statement = statement.where(ENTITIES.c.entity_id.in_(entity_ids))
+    found = [
+        TemporalEntity(row.id, row.entity_id, tuple(row.types))
+        for row in session.execute(statement.order_by(ENTITIES.c.id))
+    ]
+    if types:
+        wanted = set(types)
+        found = [entity for entity in found if wanted & set(entity.types)]
+    return found[offset : offset + limit]
+
+
+def attribute_history(
+    session: Any,
+    entity: TemporalEntity,
+    *,
+    attributes: frozenset[str] | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    by_modification: bool,
+    last_n: int | None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Per attribute IRI, its recorded instances in [start, end), oldest first (the last
+    ``last_n`` per series when given)."""
+    series = select(SERIES.c.id, SERIES.c.attribute_iri).where(
+        SERIES.c.temporal_entity_id == entity.id
+    )
+    if attributes is not None:
+        series = series.where(SERIES.c.attribute_iri.in_(attributes))
+    timed: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
+    time = INSTANCES.c.created_at if by_modification else INSTANCES.c.observed_at
+    for series_id, iri in session.execute(series).all():
+        statement = select(
+            INSTANCES.c.id, INSTANCES.c.observed_at, INSTANCES.c.created_at, INSTANCES.c.instance
+        ).where(INSTANCES.c.series_id == series_id)
+        if start is not None:
+            statement = statement.where(time >= _micros(start))
+        if end is not None:
+            statement = statement.where(time < _micros(end))
+        if last_n is not None:
+            statement = statement.order_by(time.desc(), INSTANCES.c.id.desc()).limit(last_n)
+        else:
+            statement = statement.order_by(time, INSTANCES.c.id)
+        rows = session.execute(statement).all()
+        if last_n is not None:
+            rows.reverse()
+        moment = 2 if by_modification else 1
+        timed.setdefault(iri, []).extend((row[moment], row.id, _instance(row)) for row in rows)
+    # Series of one attribute (several datasetIds) merge in time order.
+    return {
+        iri: [instance for _time, _id, instance in sorted(rows, key=lambda r: r[:2])]
+        for iri, rows in timed.items()
+        if rows
+    }
+
+
+def _instance(row: Any) -> dict[str, Any]:
+    instance = dict(row.instance)
+    instance.setdefault("observedAt", from_micros(row.observed_at))
+    instance["createdAt"] = instance["modifiedAt"] = from_micros(row.created_at)
+    instance["instanceId"] = f"urn:ngsi-ld:attribute-instance:{row.id}"
+    return instance
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - EPOCH) // dt.timedelta(microseconds=1)
+
+
+def delete_temporal_entity(session: Any, commune_id: int, entity_id: str) -> bool:
+    deleted = session.execute(
+        delete(ENTITIES).where(
+            ENTITIES.c.commune_id == commune_id, ENTITIES.c.entity_id == entity_id
+        )
+    )
+    return bool(deleted.rowcount)

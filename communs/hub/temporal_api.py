@@ -1,0 +1,164 @@
+"""The NGSI-LD temporal API, ``/ngsi-ld/v1/temporal/entities``: history of entities.
+
+Routes are added to the hub's router (imported by ``communs.hub.api``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from starlette.responses import Response
+
+from communs.hub import history
+from communs.hub.api import (
+    PREFIX,
+    Reader,
+    Writer,
+    arequest_terms,
+    json_response,
+    read_body,
+    router,
+)
+from communs.hub.context import TermMap
+from communs.hub.document import (
+    ENTITY_KEYS,
+    check_name,
+    check_uri,
+    now_iso,
+    parse_attribute,
+    parse_types,
+    stamp,
+)
+from communs.hub.errors import BadRequestData, ResourceNotFound
+from communs.hub.query import parse_limit, split_list
+from communs.hub.service import RawCursor
+from communs.hub.temporal import TemporalQuery, parse_temporal_query, render_temporal_attribute
+
+
+@router.get("/temporal/entities")
+async def query_temporal_entities(request: Request, tenant: Reader) -> Response:
+    params = request.query_params
+    terms, context = await arequest_terms(request)
+    query = parse_temporal_query(params)
+    limit, offset = parse_limit(params)
+    types = tuple(terms.expand(name) for name in split_list(params.get("type")))
+    ids = tuple(split_list(params.get("id")))
+    attrs = _attributes(params, terms)
+    if not (types or ids or attrs):
+        raise BadRequestData("a temporal query needs type, id or attrs")
+    with request.app.state.db.read() as session:
+        entities = history.find_temporal_entities(
+            session, tenant.commune_id, entity_ids=ids, types=types, limit=limit, offset=offset
+        )
+        bodies = [
+            _temporal_body(session, entity, query, attrs, terms, params.get("lang"))
+            for entity in entities
+        ]
+    if attrs is not None:
+        bodies = [body for body in bodies if len(body) > 2]
+    return json_response(request, bodies, context)
+
+
+@router.get("/temporal/entities/{entity_id:path}")
+async def retrieve_temporal_entity(request: Request, tenant: Reader, entity_id: str) -> Response:
+    params = request.query_params
+    terms, context = await arequest_terms(request)
+    query = parse_temporal_query(params)
+    attrs = _attributes(params, terms)
+    with request.app.state.db.read() as session:
+        found = history.find_temporal_entities(
+            session, tenant.commune_id, entity_ids=(entity_id,), limit=1, offset=0
+        )
+        if not found:
+            raise ResourceNotFound(f"no history for entity {entity_id}")
+        body = _temporal_body(session, found[0], query, attrs, terms, params.get("lang"))
+    return json_response(request, body, context)
+
+
+@router.post("/temporal/entities", status_code=201)
+async def provide_history(request: Request, tenant: Writer) -> Response:
+    """Create or add to an entity's history (e.g. importing past readings)."""
+    payload, terms, _context = await read_body(request)
+    changes = _changes(payload, terms)
+    created = await request.app.state.db.awrite(_record, tenant.commune_id, changes)
+    if not created:
+        return Response(status_code=204)
+    location = f"{PREFIX}/temporal/entities/{changes[0].entity_id}"
+    return Response(status_code=201, headers={"Location": location})
+
+
+@router.delete("/temporal/entities/{entity_id:path}", status_code=204)
+async def delete_history(request: Request, tenant: Writer, entity_id: str) -> Response:
+    deleted = await request.app.state.db.awrite(
+        history.delete_temporal_entity, tenant.commune_id, entity_id
+    )
+    if not deleted:
+        raise ResourceNotFound(f"no history for entity {entity_id}")
+    return Response(status_code=204)
+
+
+def _attributes(params: Any, terms: TermMap) -> frozenset[str] | None:
+    names = split_list(params.get("attrs"))
+    return frozenset(terms.expand(check_name(name)) for name in names) or None
+
+
+def _temporal_body(
+    session: Any,
+    entity: history.TemporalEntity,
+    query: TemporalQuery,
+    attrs: frozenset[str] | None,
+    terms: TermMap,
+    lang: str | None,
+) -> dict[str, Any]:
+    start, end = query.bounds()
+    types = [terms.compact(iri) for iri in entity.types]
+    body: dict[str, Any] = {"id": entity.entity_id, "type": types[0] if len(types) == 1 else types}
+    recorded = history.attribute_history(
+        session,
+        entity,
+        attributes=attrs,
+        start=start,
+        end=end,
+        by_modification=query.time_property in ("createdAt", "modifiedAt"),
+        last_n=query.last_n,
+    )
+    for iri, instances in recorded.items():
+        rendered = render_temporal_attribute(instances, query, terms, lang=lang)
+        if rendered:
+            body[terms.compact(iri)] = rendered
+    return body
+
+
+def _changes(payload: Any, terms: TermMap) -> list[history.Change]:
+    if not isinstance(payload, dict):
+        raise BadRequestData("a temporal entity must be a JSON object")
+    entity_id = check_uri(payload.get("id"), "id")
+    if "type" not in payload:
+        raise BadRequestData("a temporal entity needs a type")
+    types = tuple(parse_types(payload["type"], terms))
+    now = now_iso()
+    changes = []
+    for name, raw in payload.items():
+        if name in ENTITY_KEYS:
+            continue
+        iri = terms.expand(check_name(name))
+        for item in raw if isinstance(raw, list) else [raw]:
+            for instance in parse_attribute(name, item, terms):
+                changes.append(history.Change(entity_id, types, iri, stamp(instance, now)))
+    if not changes:
+        raise BadRequestData("a temporal entity needs at least one attribute instance")
+    return changes
+
+
+def _record(session: Any, commune_id: int, changes: list[history.Change]) -> bool:
+    """Record ``changes``; whether the entity had no history before."""
+    raw = RawCursor(session)
+    entity_id = changes[0].entity_id
+    raw.execute(
+        "SELECT 1 FROM hub_temporal_entities WHERE commune_id = ? AND entity_id = ?",
+        (commune_id, entity_id),
+    )
+    is_new = raw.cursor.fetchone() is None
+    history.record(raw, commune_id, changes)
+    return is_new

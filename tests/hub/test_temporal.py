@@ -1,0 +1,139 @@
+"""Temporal API: history recorded on every change, read back in the three forms."""
+
+import statistics
+
+from sqlalchemy import text
+
+SENSOR = "urn:ngsi-ld:Sensor:t1"
+
+
+def reading(value: float, at: str) -> dict:
+    return {"temperature": {"type": "Property", "value": value, "observedAt": at}}
+
+
+def make_sensor(hub) -> None:
+    created = hub.create(
+        {
+            "id": SENSOR,
+            "type": "Sensor",
+            "temperature": {"type": "Property", "value": 10, "observedAt": "2026-11-01T00:00:00Z"},
+            "status": {"type": "Property", "value": "ok"},
+        }
+    )
+    assert created.status_code == 201, created.text
+    for value, at in ((11, "2026-11-01T01:00:00Z"), (12.5, "2026-11-01T02:00:00Z")):
+        patched = hub.request("PATCH", f"/entities/{SENSOR}/attrs", reading(value, at))
+        assert patched.status_code == 204, patched.text
+
+
+def test_every_change_is_recorded_and_read_back_in_order(hub):
+    make_sensor(hub)
+    found = hub.get(f"/temporal/entities/{SENSOR}", params={"attrs": "temperature"})
+    assert found.status_code == 200, found.text
+    body = found.json()
+    assert body["id"] == SENSOR and body["type"] == "Sensor"
+    instances = body["temperature"]
+    assert [i["value"] for i in instances] == [10, 11, 12.5]
+    assert [i["observedAt"] for i in instances][0].startswith("2026-11-01T00:00:00")
+    assert len({i["instanceId"] for i in instances}) == 3
+    assert "status" not in body
+
+
+def test_timerel_last_n_and_temporal_values(hub):
+    make_sensor(hub)
+    between = hub.get(
+        f"/temporal/entities/{SENSOR}",
+        params={
+            "attrs": "temperature",
+            "timerel": "between",
+            "timeAt": "2026-11-01T00:30:00Z",
+            "endTimeAt": "2026-11-01T03:00:00Z",
+        },
+    )
+    assert [i["value"] for i in between.json()["temperature"]] == [11, 12.5]
+    last = hub.get(f"/temporal/entities/{SENSOR}", params={"attrs": "temperature", "lastN": "1"})
+    assert [i["value"] for i in last.json()["temperature"]] == [12.5]
+    simplified = hub.get(
+        f"/temporal/entities/{SENSOR}",
+        params={"attrs": "temperature", "options": "temporalValues"},
+    )
+    values = simplified.json()["temperature"]["values"]
+    assert [v[0] for v in values] == [10, 11, 12.5]
+
+
+def test_provided_history_aggregates_by_day(hub):
+    readings = [
+        {"type": "Property", "value": v, "observedAt": f"2026-10-0{day}T{hour:02d}:00:00Z"}
+        for day, values in ((1, (1, 2, 3)), (2, (10, 20)))
+        for hour, v in enumerate(values)
+    ]
+    posted = hub.request(
+        "POST",
+        "/temporal/entities",
+        {"id": "urn:ngsi-ld:Meter:1", "type": "WaterMeter", "volume": readings},
+    )
+    assert posted.status_code == 201, posted.text
+    again = hub.request(
+        "POST",
+        "/temporal/entities",
+        {"id": "urn:ngsi-ld:Meter:1", "type": "WaterMeter", "volume": readings[:1]},
+    )
+    assert again.status_code == 204
+    aggregated = hub.get(
+        "/temporal/entities/urn:ngsi-ld:Meter:1",
+        params={
+            "options": "aggregatedValues",
+            "aggrMethods": "avg,max,totalCount",
+            "aggrPeriodDuration": "P1D",
+            "timerel": "between",
+            "timeAt": "2026-10-01T00:00:00Z",
+            "endTimeAt": "2026-10-03T00:00:00Z",
+        },
+    )
+    assert aggregated.status_code == 200, aggregated.text
+    volume = aggregated.json()["volume"]
+    averages = [entry[0] for entry in volume["avg"]]
+    assert averages == [statistics.mean([1, 2, 3, 1]), statistics.mean([10, 20])]
+    assert [entry[0] for entry in volume["max"]] == [3, 20]
+    assert [entry[0] for entry in volume["totalCount"]] == [4, 2]
+
+
+def test_query_by_type_and_tenant_isolation(hub, hub_beta):
+    make_sensor(hub)
+    listed = hub.get("/temporal/entities", params={"type": "Sensor", "attrs": "temperature"})
+    assert [e["id"] for e in listed.json()] == [SENSOR]
+    assert hub_beta.get("/temporal/entities", params={"type": "Sensor"}).json() == []
+    assert hub_beta.get(f"/temporal/entities/{SENSOR}").status_code == 404
+    assert hub_beta.request("DELETE", f"/temporal/entities/{SENSOR}").status_code == 404
+    assert hub.get(f"/temporal/entities/{SENSOR}").status_code == 200
+
+
+def test_history_outlives_the_entity_until_deleted(hub, db):
+    make_sensor(hub)
+    assert hub.request("DELETE", f"/entities/{SENSOR}").status_code == 204
+    kept = hub.get(f"/temporal/entities/{SENSOR}", params={"attrs": "temperature"})
+    assert len(kept.json()["temperature"]) == 3
+    assert hub.request("DELETE", f"/temporal/entities/{SENSOR}").status_code == 204
+    assert hub.get(f"/temporal/entities/{SENSOR}").status_code == 404
+    with db.read() as session:
+        left = session.execute(text("SELECT count(*) FROM hub_temporal_instances")).scalar()
+    assert left == 0
+
+
+def test_bad_temporal_requests_are_bad_request_data(hub):
+    make_sensor(hub)
+    for params in (
+        {"timerel": "between", "timeAt": "2026-11-01T00:00:00Z"},
+        {"timerel": "after"},
+        {"timerel": "during", "timeAt": "2026-11-01T00:00:00Z"},
+        {"lastN": "-1"},
+        {"options": "aggregatedValues"},
+        {"options": "aggregatedValues", "aggrMethods": "median"},
+        {"options": "aggregatedValues", "aggrMethods": "avg", "aggrPeriodDuration": "P-1D"},
+    ):
+        answer = hub.get(f"/temporal/entities/{SENSOR}", params=params)
+        assert answer.status_code == 400, (params, answer.text)
+        assert answer.json()["type"].endswith("/BadRequestData"), params
+    assert hub.get("/temporal/entities").status_code == 400
+    bad = hub.request("POST", "/temporal/entities", {"id": "urn:x:1", "type": "T"})
+    assert bad.status_code == 400
