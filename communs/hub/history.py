@@ -83,13 +83,17 @@ def record(raw: Any, commune_id: int, changes: list[Change]) -> None:
     """Append ``changes`` to the history (``raw``: the session's cursor, see service)."""
     if not changes:
         return
-    entities = _temporal_entities(raw, commune_id, changes)
-    series = _series(raw, commune_id, entities, changes)
+    entities, series = _known(raw, commune_id, changes)
+    _add_missing_entities(raw, commune_id, changes, entities)
+    _add_missing_series(raw, commune_id, changes, entities, series)
+    micros: dict[str, int] = {}
     rows = []
     for change in changes:
         instance = change.instance
-        key = (entities[change.entity_id], change.attribute_iri, instance.get("datasetId", ""))
-        modified = to_micros(instance["modifiedAt"])
+        owner = entities[change.entity_id][0]
+        modified = micros.get(instance["modifiedAt"])
+        if modified is None:
+            modified = micros[instance["modifiedAt"]] = to_micros(instance["modifiedAt"])
         observed = instance.get("observedAt")
         value = instance.get("value")
         number = (
@@ -100,7 +104,7 @@ def record(raw: Any, commune_id: int, changes: list[Change]) -> None:
         stored = {k: v for k, v in instance.items() if k not in SYSTEM_TIMES}
         rows.append(
             (
-                series[key],
+                series[(owner, change.attribute_iri, instance.get("datasetId", ""))],
                 to_micros(observed) if observed else modified,
                 modified,
                 number,
@@ -115,21 +119,41 @@ def record(raw: Any, commune_id: int, changes: list[Change]) -> None:
     )
 
 
-def _temporal_entities(raw: Any, commune_id: int, changes: list[Change]) -> dict[str, int]:
-    """Ids of the entities' temporal rows, created as needed; their types kept current."""
-    wanted = {change.entity_id: change.types for change in changes}
-    known: dict[str, tuple[int, tuple[str, ...]]] = {}
-    for chunk in _chunks(list(wanted)):
-        marks = ",".join("?" * len(chunk))
+SeriesKey = tuple[int, str, str]
+
+
+def _known(
+    raw: Any, commune_id: int, changes: list[Change]
+) -> tuple[dict[str, tuple[int, tuple[str, ...]]], dict[SeriesKey, int]]:
+    """The temporal rows and series that already exist for these entities: one query."""
+    entities: dict[str, tuple[int, tuple[str, ...]]] = {}
+    series: dict[SeriesKey, int] = {}
+    for chunk in _chunks(list(dict.fromkeys(change.entity_id for change in changes))):
         raw.execute(
-            "SELECT id, entity_id, types FROM hub_temporal_entities "
-            f"WHERE commune_id = ? AND entity_id IN ({marks})",
+            "SELECT e.id, e.entity_id, e.types, s.id, s.attribute_iri, s.dataset_id "
+            "FROM hub_temporal_entities e "
+            "LEFT JOIN hub_temporal_series s ON s.temporal_entity_id = e.id "
+            f"WHERE e.commune_id = ? AND e.entity_id IN ({','.join('?' * len(chunk))})",
             (commune_id, *chunk),
         )
-        for row_id, entity_id, types in raw.cursor.fetchall():
-            loaded = orjson.loads(types) if isinstance(types, str | bytes) else types
-            known[entity_id] = (row_id, tuple(loaded))
-    missing = [entity_id for entity_id in wanted if entity_id not in known]
+        for owner, entity_id, types, series_id, iri, dataset_id in raw.cursor.fetchall():
+            if entity_id not in entities:
+                loaded = orjson.loads(types) if isinstance(types, str | bytes) else types
+                entities[entity_id] = (owner, tuple(loaded))
+            if series_id is not None:
+                series[(owner, iri, dataset_id)] = series_id
+    return entities, series
+
+
+def _add_missing_entities(
+    raw: Any,
+    commune_id: int,
+    changes: list[Change],
+    entities: dict[str, tuple[int, tuple[str, ...]]],
+) -> None:
+    """Create the temporal rows of new entities; keep the types of the others current."""
+    wanted = {change.entity_id: change.types for change in changes}
+    missing = [entity_id for entity_id in wanted if entity_id not in entities]
     if missing:
         ids = raw.allocate_ids("hub_temporal_entities", len(missing))
         raw.insert_rows(
@@ -141,50 +165,41 @@ def _temporal_entities(raw: Any, commune_id: int, changes: list[Change]) -> dict
             ],
             json_column="types",
         )
-        known.update(
-            (entity_id, (row_id, wanted[entity_id]))
-            for row_id, entity_id in zip(ids, missing, strict=True)
-        )
+        for row_id, entity_id in zip(ids, missing, strict=True):
+            entities[entity_id] = (row_id, wanted[entity_id])
     for entity_id, types in wanted.items():
-        row_id, stored_types = known[entity_id]
+        row_id, stored_types = entities[entity_id]
         if stored_types != types:
             raw.execute(
                 f"UPDATE hub_temporal_entities SET types = {raw.json_mark} WHERE id = ?",
                 (orjson.dumps(list(types)).decode(), row_id),
             )
-    return {entity_id: row_id for entity_id, (row_id, _types) in known.items()}
 
 
-def _series(
-    raw: Any, commune_id: int, entities: dict[str, int], changes: list[Change]
-) -> dict[tuple[int, str, str], int]:
+def _add_missing_series(
+    raw: Any,
+    commune_id: int,
+    changes: list[Change],
+    entities: dict[str, tuple[int, tuple[str, ...]]],
+    series: dict[SeriesKey, int],
+) -> None:
     wanted = {
-        (entities[c.entity_id], c.attribute_iri, c.instance.get("datasetId", "")) for c in changes
+        (entities[c.entity_id][0], c.attribute_iri, c.instance.get("datasetId", ""))
+        for c in changes
     }
-    found: dict[tuple[int, str, str], int] = {}
-    owners = sorted({key[0] for key in wanted})
-    for chunk in _chunks(owners):
-        marks = ",".join("?" * len(chunk))
-        raw.execute(
-            "SELECT id, temporal_entity_id, attribute_iri, dataset_id FROM hub_temporal_series "
-            f"WHERE temporal_entity_id IN ({marks})",
-            tuple(chunk),
-        )
-        for row_id, owner, iri, dataset_id in raw.cursor.fetchall():
-            found[(owner, iri, dataset_id)] = row_id
-    missing = sorted(key for key in wanted if key not in found)
-    if missing:
-        ids = raw.allocate_ids("hub_temporal_series", len(missing))
-        raw.insert_rows(
-            "hub_temporal_series",
-            ("id", "temporal_entity_id", "commune_id", "attribute_iri", "dataset_id"),
-            [
-                (row_id, owner, commune_id, iri, dataset_id)
-                for row_id, (owner, iri, dataset_id) in zip(ids, missing, strict=True)
-            ],
-        )
-        found.update(zip(missing, ids, strict=True))
-    return found
+    missing = sorted(key for key in wanted if key not in series)
+    if not missing:
+        return
+    ids = raw.allocate_ids("hub_temporal_series", len(missing))
+    raw.insert_rows(
+        "hub_temporal_series",
+        ("id", "temporal_entity_id", "commune_id", "attribute_iri", "dataset_id"),
+        [
+            (row_id, owner, commune_id, iri, dataset_id)
+            for row_id, (owner, iri, dataset_id) in zip(ids, missing, strict=True)
+        ],
+    )
+    series.update(zip(missing, ids, strict=True))
 
 
 def _chunks(items: list[Any], size: int = 500) -> Iterable[list[Any]]:
