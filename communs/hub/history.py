@@ -10,12 +10,15 @@ An instance without ``observedAt`` is placed in time by its modification time.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, select
+from sqlalchemy.orm import Session
 
 from communs.hub.document import attribute_iris
 from communs.hub.models import HubInstance, HubSeries, HubTemporalEntity
@@ -83,7 +86,31 @@ def record(raw: Any, commune_id: int, changes: list[Change]) -> None:
     """Append ``changes`` to the history (``raw``: the session's cursor, see service)."""
     if not changes:
         return
-    entities, series = _known(raw, commune_id, changes)
+    cache = _cache_for(raw)
+    if cache is None:
+        entities, series = _known(raw, commune_id, changes)
+        _insert_instances(raw, _rows(raw, commune_id, changes, entities, series))
+    else:
+        _record_with_cache(raw, cache, commune_id, changes)
+
+
+def _insert_instances(raw: Any, rows: list[tuple[Any, ...]]) -> None:
+    raw.insert_rows(
+        "hub_temporal_instances",
+        ("series_id", "observed_at", "created_at", "number", "instance"),
+        rows,
+        json_column="instance",
+    )
+
+
+def _rows(
+    raw: Any,
+    commune_id: int,
+    changes: list[Change],
+    entities: dict[str, tuple[int, tuple[str, ...]]],
+    series: dict[SeriesKey, int],
+) -> list[tuple[Any, ...]]:
+    """Instance rows of ``changes``, creating the temporal rows and series they need."""
     _add_missing_entities(raw, commune_id, changes, entities)
     _add_missing_series(raw, commune_id, changes, entities, series)
     micros: dict[str, int] = {}
@@ -111,12 +138,113 @@ def record(raw: Any, commune_id: int, changes: list[Change]) -> None:
                 orjson.dumps(stored).decode(),
             )
         )
-    raw.insert_rows(
-        "hub_temporal_instances",
-        ("series_id", "observed_at", "created_at", "number", "instance"),
-        rows,
-        json_column="instance",
+    return rows
+
+
+# ---------------------------------------------------------------- SQLite: known ids
+
+
+@dataclass
+class _KnownIds:
+    """Temporal rows and series of one SQLite database already known to exist, so that
+    a hot update records its instance without looking them up. Entries are added only
+    once their transaction has committed (``_remember``). The two tables never reuse an
+    id (AUTOINCREMENT), so an entry gone stale (its rows deleted) can only make an insert
+    fail on a foreign key (or a duplicate series on the unique key), never land in
+    another entity's history: the attempt is rolled back to a savepoint and done again
+    from the database."""
+
+    entities: dict[tuple[int, str], tuple[int, tuple[str, ...]]] = field(default_factory=dict)
+    series: dict[SeriesKey, int] = field(default_factory=dict)
+
+
+_KNOWN: weakref.WeakKeyDictionary[Any, _KnownIds] = weakref.WeakKeyDictionary()
+MAX_KNOWN = 200_000
+
+
+def _cache_for(raw: Any) -> _KnownIds | None:
+    if not raw.sqlite:
+        return None  # several processes may write: no memory of ids across transactions
+    engine = raw.session.get_bind()
+    known = _KNOWN.get(engine)
+    if known is None:
+        known = _KNOWN[engine] = _KnownIds()
+    return known
+
+
+def _record_with_cache(raw: Any, cache: _KnownIds, commune_id: int, changes: list[Change]) -> None:
+    entities: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for change in changes:
+        found = cache.entities.get((commune_id, change.entity_id))
+        if found is not None:
+            entities[change.entity_id] = found
+    unknown = [c for c in changes if c.entity_id not in entities]
+    looked_up, series = _known(raw, commune_id, unknown) if unknown else ({}, {})
+    entities.update(looked_up)
+    for change in changes:
+        key = (entities[change.entity_id][0] if change.entity_id in entities else None,)
+        if key[0] is not None:
+            full = (key[0], change.attribute_iri, change.instance.get("datasetId", ""))
+            remembered = cache.series.get(full)
+            if remembered is not None:
+                series.setdefault(full, remembered)
+    # One instance of a remembered series is one statement, atomic by itself; anything
+    # more is wrapped in a savepoint, to be undone whole if a remembered id is stale.
+    single = len(changes) == 1 and not unknown and len(series) == 1
+    if not single:
+        raw.execute("SAVEPOINT hub_history")
+    try:
+        _insert_instances(raw, _rows(raw, commune_id, changes, entities, series))
+    except sqlite3.IntegrityError:  # a remembered id is gone: do it again from the database
+        if not single:
+            raw.execute("ROLLBACK TO hub_history")
+        for change in changes:
+            cache.entities.pop((commune_id, change.entity_id), None)
+        entities, series = _known(raw, commune_id, changes)
+        _insert_instances(raw, _rows(raw, commune_id, changes, entities, series))
+    if not single:
+        raw.execute("RELEASE hub_history")
+    _remember(raw, cache, commune_id, entities, series)
+
+
+def _remember(
+    raw: Any,
+    cache: _KnownIds,
+    commune_id: int,
+    entities: dict[str, tuple[int, tuple[str, ...]]],
+    series: dict[SeriesKey, int],
+) -> None:
+    owners = {owner for owner, _types in entities.values()}
+    learned = (
+        cache,
+        {(commune_id, entity_id): found for entity_id, found in entities.items()},
+        {key: series_id for key, series_id in series.items() if key[0] in owners},
     )
+    raw.session.info.setdefault("hub_history_learned", []).append(learned)
+
+
+def forget(session: Any, commune_id: int, entity_id: str) -> None:
+    """After deleting an entity's history: its ids are no longer known."""
+    session.info.setdefault("hub_history_forgotten", []).append((commune_id, entity_id))
+
+
+@event.listens_for(Session, "after_commit")
+def _learn_after_commit(session: Session) -> None:
+    for cache, entities, series in session.info.pop("hub_history_learned", ()):
+        if len(cache.entities) > MAX_KNOWN:
+            cache.entities.clear()
+            cache.series.clear()
+        cache.entities.update(entities)
+        cache.series.update(series)
+    for key in session.info.pop("hub_history_forgotten", ()):
+        for cache in list(_KNOWN.values()):
+            cache.entities.pop(key, None)
+
+
+@event.listens_for(Session, "after_rollback")
+def _unlearn_after_rollback(session: Session) -> None:
+    session.info.pop("hub_history_learned", None)
+    session.info.pop("hub_history_forgotten", None)
 
 
 SeriesKey = tuple[int, str, str]
@@ -292,6 +420,7 @@ def _micros(moment: dt.datetime) -> int:
 
 
 def delete_temporal_entity(session: Any, commune_id: int, entity_id: str) -> bool:
+    forget(session, commune_id, entity_id)
     deleted = session.execute(
         delete(ENTITIES).where(
             ENTITIES.c.commune_id == commune_id, ENTITIES.c.entity_id == entity_id

@@ -113,7 +113,7 @@ class HubTemporalEntity(Base):
     history stays until deleted through ``/temporal/entities``."""
 
     __tablename__ = "hub_temporal_entities"
-    __table_args__ = (UniqueConstraint("commune_id", "entity_id"),)
+    __table_args__ = (UniqueConstraint("commune_id", "entity_id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     commune_id: Mapped[int] = mapped_column(ForeignKey("communes.id", ondelete="CASCADE"))
@@ -125,7 +125,10 @@ class HubSeries(Base):
     """The history of one attribute instance (attribute and datasetId) of an entity."""
 
     __tablename__ = "hub_temporal_series"
-    __table_args__ = (UniqueConstraint("temporal_entity_id", "attribute_iri", "dataset_id"),)
+    __table_args__ = (
+        UniqueConstraint("temporal_entity_id", "attribute_iri", "dataset_id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     temporal_entity_id: Mapped[int] = mapped_column(

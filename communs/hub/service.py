@@ -100,6 +100,7 @@ class RawCursor:
 
     def __init__(self, session: Session) -> None:
         connection = session.connection()
+        self.session = session
         self.sqlite = connection.dialect.name == "sqlite"
         self.cursor = connection.connection.driver_connection.cursor()
         self.json_mark = "?" if self.sqlite else "CAST(? AS jsonb)"
@@ -139,7 +140,12 @@ class RawCursor:
         """Keys for new rows, taken before inserting them (no read-back needed). On
         SQLite the single writer holds the write lock, so max() is stable."""
         if self.sqlite:
-            last = self.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()[0]
+            # The high-water mark of AUTOINCREMENT tables too, whose ids are never reused.
+            last = self.execute(
+                f"SELECT max(coalesce((SELECT max({column}) FROM {table}), 0), "
+                "coalesce((SELECT seq FROM sqlite_sequence WHERE name = ?), 0))",
+                (table,),
+            ).fetchone()[0]
             return list(range(last + 1, last + 1 + count))
         self.execute(
             f"SELECT nextval(pg_get_serial_sequence('{table}', '{column}')) "
@@ -581,18 +587,36 @@ def _store(session: Session, stored: Stored) -> None:
         if values.get(iri) != stored.values.get(iri)
     ]
     if changed:
-        marks = ",".join("?" * len(changed))
-        for index_table in ("hub_numbers", "hub_texts"):
-            raw.execute(
-                f"DELETE FROM {index_table} WHERE entity_pk = ? AND attribute_iri IN ({marks})",
-                (pk, *changed),
-            )
-        rows.add_values(pk, commune_id, document, changed)
+        _refresh_values(raw, rows, stored, changed)
     rows.write(raw)
     history.record(raw, commune_id, history.changes_of_update(document, changed))
     stored.types = tuple(document["type"])
     stored.geometry = geometry
     stored.values = values
+
+
+def _refresh_values(raw: RawCursor, rows: IndexRows, stored: Stored, changed: list[str]) -> None:
+    """Value index rows of the changed attributes, rewritten only in the table (numbers,
+    texts) where they differ: a new temperature touches numbers only, a repeated value
+    nothing at all."""
+    pk, commune_id = stored.pk, stored.commune_id
+    before, after = IndexRows(), IndexRows()
+    previous = {iri: orjson.loads(stored.values[iri]) for iri in changed if iri in stored.values}
+    before.add_values(pk, commune_id, previous, changed)
+    after.add_values(pk, commune_id, stored.document, changed)
+    for index_table, old, new, target in (
+        ("hub_numbers", before.numbers, after.numbers, rows.numbers),
+        ("hub_texts", before.texts, after.texts, rows.texts),
+    ):
+        if old == new:
+            continue
+        iris = list(dict.fromkeys(row[1] for row in (*old, *new)))
+        marks = ",".join("?" * len(iris))
+        raw.execute(
+            f"DELETE FROM {index_table} WHERE entity_pk = ? AND attribute_iri IN ({marks})",
+            (pk, *iris),
+        )
+        target.extend(new)
 
 
 def _geometries(document: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -137,3 +137,17 @@ def test_bad_temporal_requests_are_bad_request_data(hub):
     assert hub.get("/temporal/entities").status_code == 400
     bad = hub.request("POST", "/temporal/entities", {"id": "urn:x:1", "type": "T"})
     assert bad.status_code == 400
+
+
+def test_history_rows_deleted_behind_the_hubs_back_are_recreated(hub, db):
+    """Ids the hub remembers may go stale; the next change still lands in the right place."""
+    make_sensor(hub)
+    db.write(lambda session: session.execute(text("DELETE FROM hub_temporal_entities")))
+    patched = hub.request("PATCH", f"/entities/{SENSOR}/attrs", reading(13, "2026-11-01T03:00:00Z"))
+    assert patched.status_code == 204, patched.text
+    history = hub.get(f"/temporal/entities/{SENSOR}", params={"attrs": "temperature"})
+    assert [i["value"] for i in history.json()["temperature"]] == [13]
+    make_other = hub.create({"id": "urn:ngsi-ld:Sensor:t2", "type": "Sensor", "temperature": 1})
+    assert make_other.status_code == 201
+    other = hub.get("/temporal/entities/urn:ngsi-ld:Sensor:t2", params={"attrs": "temperature"})
+    assert [i["value"] for i in other.json()["temperature"]] == [1]

@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "commune_id", "entity_id", name=op.f("uq_hub_temporal_entities_commune_id")
         ),
+        sqlite_autoincrement=True,  # ids never reused: see communs.hub.history
     )
     op.create_table(
         "hub_temporal_series",
@@ -57,6 +58,7 @@ def upgrade() -> None:
             "dataset_id",
             name=op.f("uq_hub_temporal_series_temporal_entity_id"),
         ),
+        sqlite_autoincrement=True,  # ids never reused: see communs.hub.history
     )
     op.create_table(
         "hub_temporal_instances",
