@@ -273,7 +273,9 @@ def bench_batch(args: argparse.Namespace, folder: Path) -> None:
         same_rows = reference_insert_stored(url, stored, folder)
         documents_only = reference_insert(url, entities)
     rate = total / elapsed
-    index_rows = sum(len(rows) for name, rows in stored.items() if name != "hub_entities")
+    index_rows = sum(
+        len(rows) for name, rows in stored.items() if name != "hub_entities"
+    )  # + history
     print(
         f"batch upsert, 1,000 entities per request, {total} entities, "
         f"{args.batch_clients} client(s), {'PostgreSQL' if args.database_url else 'SQLite'}"
@@ -281,7 +283,7 @@ def bench_batch(args: argparse.Namespace, folder: Path) -> None:
     print(f"  communs     : {rate:9.0f} entities/s (HTTP, parsing, validation, indexes)")
     print(
         f"  reference   : {total / same_rows:9.0f} entities/s (raw SQLAlchemy Core insert of the "
-        f"same rows: {total} entities + {index_rows} index rows, same schema)"
+        f"same rows: {total} entities + {index_rows} index and history rows, same schema)"
     )
     print(f"  ratio       : {same_rows / elapsed:.2f} of the reference")
     print(
@@ -291,10 +293,12 @@ def bench_batch(args: argparse.Namespace, folder: Path) -> None:
 
 
 INDEXED_TABLES = ("hub_entities", "hub_entity_types", "hub_geometries", "hub_numbers", "hub_texts")
+HISTORY_TABLES = ("hub_temporal_entities", "hub_temporal_series", "hub_temporal_instances")
 
 
 def indexed_tables(url: str) -> tuple[str, ...]:
-    return (*INDEXED_TABLES, "hub_geometry_boxes") if url.startswith("sqlite") else INDEXED_TABLES
+    spatial = ("hub_geometry_boxes",) if url.startswith("sqlite") else ()
+    return (*INDEXED_TABLES, *spatial, *HISTORY_TABLES)
 
 
 def stored_rows(url: str) -> dict[str, list[dict]]:
@@ -339,6 +343,22 @@ def reference_insert_stored(url: str, stored: dict[str, list[dict]], folder: Pat
     return elapsed
 
 
+def _history_chunk(stored: dict[str, list[dict]], part: list[dict], commune_id: int) -> dict:
+    """The history rows of the entities of ``part`` (they were recorded with them)."""
+    entity_ids = {row["entity_id"] for row in part}
+    owners = [r for r in stored["hub_temporal_entities"] if r["entity_id"] in entity_ids]
+    owner_ids = {row["id"] for row in owners}
+    series = [r for r in stored["hub_temporal_series"] if r["temporal_entity_id"] in owner_ids]
+    series_ids = {row["id"] for row in series}
+    return {
+        "hub_temporal_entities": [{**row, "commune_id": commune_id} for row in owners],
+        "hub_temporal_series": [{**row, "commune_id": commune_id} for row in series],
+        "hub_temporal_instances": [
+            row for row in stored["hub_temporal_instances"] if row["series_id"] in series_ids
+        ],
+    }
+
+
 def _sqlite_pragmas(connection, _record) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -357,6 +377,7 @@ def _chunks_by_entity(stored: dict[str, list[dict]], commune_id: int, size: int 
             chunk[name] = [
                 {**row, "commune_id": commune_id} for row in stored[name] if row["entity_pk"] in pks
             ]
+        chunk.update(_history_chunk(stored, part, commune_id))
         if "hub_geometry_boxes" in stored:  # the SQLite R*Tree, keyed by geometry id
             ids = {row["id"] for row in chunk["hub_geometries"]}
             chunk["hub_geometry_boxes"] = [
