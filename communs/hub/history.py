@@ -363,6 +363,16 @@ def find_temporal_entities(
     return found[offset : offset + limit]
 
 
+@dataclass
+class HistoryPage:
+    """Instances per attribute IRI, oldest first. When a series held more than the page
+    allows, every attribute stops at ``until`` (microseconds): the page is partial."""
+
+    instances: dict[str, list[dict[str, Any]]]
+    first: int | None = None
+    until: int | None = None
+
+
 def attribute_history(
     session: Any,
     entity: TemporalEntity,
@@ -372,9 +382,10 @@ def attribute_history(
     end: dt.datetime | None,
     by_modification: bool,
     last_n: int | None,
-) -> dict[str, list[dict[str, Any]]]:
-    """Per attribute IRI, its recorded instances in [start, end), oldest first (the last
-    ``last_n`` per series when given)."""
+    page_size: int,
+) -> HistoryPage:
+    """Recorded instances in [start, end), oldest first (the last ``last_n`` per series
+    when given), at most ``page_size`` per series."""
     series = select(SERIES.c.id, SERIES.c.attribute_iri).where(
         SERIES.c.temporal_entity_id == entity.id
     )
@@ -382,6 +393,8 @@ def attribute_history(
         series = series.where(SERIES.c.attribute_iri.in_(attributes))
     timed: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
     time = INSTANCES.c.created_at if by_modification else INSTANCES.c.observed_at
+    moment = 2 if by_modification else 1
+    until: int | None = None
     for series_id, iri in session.execute(series).all():
         statement = select(
             INSTANCES.c.id, INSTANCES.c.observed_at, INSTANCES.c.created_at, INSTANCES.c.instance
@@ -391,20 +404,28 @@ def attribute_history(
         if end is not None:
             statement = statement.where(time < _micros(end))
         if last_n is not None:
-            statement = statement.order_by(time.desc(), INSTANCES.c.id.desc()).limit(last_n)
-        else:
-            statement = statement.order_by(time, INSTANCES.c.id)
-        rows = session.execute(statement).all()
-        if last_n is not None:
+            wanted = min(last_n, page_size)
+            statement = statement.order_by(time.desc(), INSTANCES.c.id.desc()).limit(wanted)
+            rows = session.execute(statement).all()
             rows.reverse()
-        moment = 2 if by_modification else 1
+        else:
+            statement = statement.order_by(time, INSTANCES.c.id).limit(page_size + 1)
+            rows = session.execute(statement).all()
+            if len(rows) > page_size:
+                rows = rows[:page_size]
+                cut = rows[-1][moment]
+                until = cut if until is None else min(until, cut)
         timed.setdefault(iri, []).extend((row[moment], row.id, _instance(row)) for row in rows)
+    if until is not None:
+        timed = {iri: [r for r in rows if r[0] <= until] for iri, rows in timed.items()}
     # Series of one attribute (several datasetIds) merge in time order.
-    return {
+    instances = {
         iri: [instance for _time, _id, instance in sorted(rows, key=lambda r: r[:2])]
         for iri, rows in timed.items()
         if rows
     }
+    first = min((rows[0][0] for rows in timed.values() if rows), default=None)
+    return HistoryPage(instances, first, until)
 
 
 def _instance(row: Any) -> dict[str, Any]:
@@ -427,3 +448,101 @@ def delete_temporal_entity(session: Any, commune_id: int, entity_id: str) -> boo
         )
     )
     return bool(deleted.rowcount)
+
+
+INSTANCE_PREFIX = "urn:ngsi-ld:attribute-instance:"
+
+
+def instance_number(instance_id: str) -> int | None:
+    number = instance_id.removeprefix(INSTANCE_PREFIX)
+    return int(number) if number != instance_id and number.isdigit() else None
+
+
+def _owned_instance(
+    session: Any, commune_id: int, entity_id: str, attribute_iri: str, instance_id: str
+) -> Any:
+    """The instance row ``instance_id`` if it belongs to this entity and attribute of
+    this commune; None otherwise."""
+    number = instance_number(instance_id)
+    if number is None:
+        return None
+    statement = (
+        select(INSTANCES)
+        .join(SERIES, SERIES.c.id == INSTANCES.c.series_id)
+        .join(ENTITIES, ENTITIES.c.id == SERIES.c.temporal_entity_id)
+        .where(
+            INSTANCES.c.id == number,
+            SERIES.c.attribute_iri == attribute_iri,
+            ENTITIES.c.commune_id == commune_id,
+            ENTITIES.c.entity_id == entity_id,
+        )
+    )
+    return session.execute(statement).first()
+
+
+def modify_instance(
+    session: Any,
+    commune_id: int,
+    entity_id: str,
+    attribute_iri: str,
+    instance_id: str,
+    replacement: dict[str, Any],
+    now: str,
+) -> bool:
+    """Replace the content of one recorded instance (its time stays unless given)."""
+    row = _owned_instance(session, commune_id, entity_id, attribute_iri, instance_id)
+    if row is None:
+        return False
+    observed = replacement.get("observedAt")
+    value = replacement.get("value")
+    number = (
+        float(value)
+        if type(value) in (int, float) and replacement.get("type") == "Property"
+        else None
+    )
+    session.execute(
+        INSTANCES.update()
+        .where(INSTANCES.c.id == row.id)
+        .values(
+            observed_at=to_micros(observed) if observed else row.observed_at,
+            created_at=to_micros(now),
+            number=number,
+            instance={k: v for k, v in replacement.items() if k not in SYSTEM_TIMES},
+        )
+    )
+    return True
+
+
+def delete_instance(
+    session: Any, commune_id: int, entity_id: str, attribute_iri: str, instance_id: str
+) -> bool:
+    row = _owned_instance(session, commune_id, entity_id, attribute_iri, instance_id)
+    if row is None:
+        return False
+    session.execute(delete(INSTANCES).where(INSTANCES.c.id == row.id))
+    return True
+
+
+def delete_attribute_history(
+    session: Any,
+    commune_id: int,
+    entity_id: str,
+    attribute_iri: str,
+    *,
+    dataset_id: str | None,
+    delete_all: bool,
+) -> bool:
+    """Delete the history of an attribute: its default instance, one datasetId, or all."""
+    owner = select(ENTITIES.c.id).where(
+        ENTITIES.c.commune_id == commune_id, ENTITIES.c.entity_id == entity_id
+    )
+    statement = delete(SERIES).where(
+        SERIES.c.temporal_entity_id.in_(owner.scalar_subquery()),
+        SERIES.c.attribute_iri == attribute_iri,
+    )
+    if not delete_all:
+        statement = statement.where(SERIES.c.dataset_id == (dataset_id or ""))
+    deleted = session.execute(statement).rowcount
+    if deleted:
+        forget(session, commune_id, entity_id)
+    return bool(deleted)

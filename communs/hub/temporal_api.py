@@ -35,6 +35,8 @@ from communs.hub.query import parse_limit, split_list
 from communs.hub.service import RawCursor
 from communs.hub.temporal import TemporalQuery, parse_temporal_query, render_temporal_attribute
 
+MAX_INSTANCES = 10_000  # per attribute and datasetId in one response
+
 
 @router.get("/temporal/entities")
 async def query_temporal_entities(request: Request, tenant: Reader) -> Response:
@@ -51,13 +53,119 @@ async def query_temporal_entities(request: Request, tenant: Reader) -> Response:
         entities = history.find_temporal_entities(
             session, tenant.commune_id, entity_ids=ids, types=types, limit=limit, offset=offset
         )
+        partial: list[tuple[int | None, int]] = []
         bodies = [
-            _temporal_body(session, entity, query, attrs, terms, params.get("lang"))
+            _temporal_body(session, entity, query, attrs, terms, params.get("lang"), partial)
             for entity in entities
         ]
     if attrs is not None:
         bodies = [body for body in bodies if len(body) > 2]
-    return json_response(request, bodies, context)
+    return _paged_response(request, bodies, context, partial, query)
+
+
+def _paged_response(
+    request: Request,
+    body: Any,
+    context: Any,
+    partial: list[tuple[int | None, int]],
+    query: TemporalQuery,
+) -> Response:
+    """200, or 206 with a Content-Range (clause 6.3.17) when instances were left out:
+    ask again with timeAt after the range's end for the rest."""
+    if not partial:
+        return json_response(request, body, context)
+    first = min((start for start, _until in partial if start is not None), default=None)
+    until = min(until for _start, until in partial)
+    size = str(query.last_n) if query.last_n is not None else "*"
+    start_text = history.from_micros(first) if first is not None else "*"
+    headers = {"Content-Range": f"date-time {start_text}-{history.from_micros(until)}/{size}"}
+    return json_response(request, body, context, status=206, headers=headers)
+
+
+# Routes with a longer path come first: "{entity_id:path}" would swallow them.
+@router.delete("/temporal/entities/{entity_id:path}/attrs/{attr_id}/{instance_id}", status_code=204)
+async def delete_instance(
+    request: Request, tenant: Writer, entity_id: str, attr_id: str, instance_id: str
+) -> Response:
+    terms, _context = await arequest_terms(request)
+    deleted = await request.app.state.db.awrite(
+        history.delete_instance,
+        tenant.commune_id,
+        entity_id,
+        terms.expand(check_name(attr_id)),
+        instance_id,
+    )
+    if not deleted:
+        raise ResourceNotFound(f"no instance {instance_id} of {attr_id} in entity {entity_id}")
+    return Response(status_code=204)
+
+
+@router.patch("/temporal/entities/{entity_id:path}/attrs/{attr_id}/{instance_id}", status_code=204)
+async def modify_instance(
+    request: Request, tenant: Writer, entity_id: str, attr_id: str, instance_id: str
+) -> Response:
+    payload, terms, _context = await read_body(request)
+    if not isinstance(payload, dict) or len(_attribute_names(payload)) != 1:
+        raise BadRequestData("the body must hold exactly the attribute being modified")
+    name = _attribute_names(payload)[0]
+    iri = terms.expand(check_name(attr_id))
+    if terms.expand(check_name(name)) != iri:
+        raise BadRequestData(f"the body modifies {name!r}, the path names {attr_id!r}")
+    instances = parse_attribute(name, payload[name], terms)
+    if len(instances) != 1:
+        raise BadRequestData("an instance is modified by exactly one attribute instance")
+    modified = await request.app.state.db.awrite(
+        history.modify_instance,
+        tenant.commune_id,
+        entity_id,
+        iri,
+        instance_id,
+        instances[0],
+        now_iso(),
+    )
+    if not modified:
+        raise ResourceNotFound(f"no instance {instance_id} of {attr_id} in entity {entity_id}")
+    return Response(status_code=204)
+
+
+@router.delete("/temporal/entities/{entity_id:path}/attrs/{attr_id}", status_code=204)
+async def delete_attribute_history(
+    request: Request, tenant: Writer, entity_id: str, attr_id: str
+) -> Response:
+    params = request.query_params
+    terms, _context = await arequest_terms(request)
+    dataset_id = params.get("datasetId")
+    if dataset_id is not None:
+        check_uri(dataset_id, "datasetId")
+    deleted = await request.app.state.db.awrite(
+        history.delete_attribute_history,
+        tenant.commune_id,
+        entity_id,
+        terms.expand(check_name(attr_id)),
+        dataset_id=dataset_id,
+        delete_all=params.get("deleteAll") == "true",
+    )
+    if not deleted:
+        raise ResourceNotFound(f"no history of {attr_id} in entity {entity_id}")
+    return Response(status_code=204)
+
+
+@router.post("/temporal/entities/{entity_id:path}/attrs", status_code=204)
+async def add_attribute_history(request: Request, tenant: Writer, entity_id: str) -> Response:
+    """Add instances to the history of an entity's attributes."""
+    payload, terms, _context = await read_body(request)
+    if not isinstance(payload, dict):
+        raise BadRequestData("the body must be a JSON object of attributes")
+    with request.app.state.db.read() as session:
+        found = history.find_temporal_entities(
+            session, tenant.commune_id, entity_ids=(entity_id,), limit=1, offset=0
+        )
+    if not found:
+        raise ResourceNotFound(f"no history for entity {entity_id}")
+    body = {"id": entity_id, "type": list(found[0].types), **payload}
+    changes = _changes(body, terms, types_expanded=True)
+    await request.app.state.db.awrite(_record, tenant.commune_id, changes)
+    return Response(status_code=204)
 
 
 @router.get("/temporal/entities/{entity_id:path}")
@@ -72,8 +180,9 @@ async def retrieve_temporal_entity(request: Request, tenant: Reader, entity_id: 
         )
         if not found:
             raise ResourceNotFound(f"no history for entity {entity_id}")
-        body = _temporal_body(session, found[0], query, attrs, terms, params.get("lang"))
-    return json_response(request, body, context)
+        partial: list[tuple[int | None, int]] = []
+        body = _temporal_body(session, found[0], query, attrs, terms, params.get("lang"), partial)
+    return _paged_response(request, body, context, partial, query)
 
 
 @router.post("/temporal/entities", status_code=201)
@@ -98,6 +207,10 @@ async def delete_history(request: Request, tenant: Writer, entity_id: str) -> Re
     return Response(status_code=204)
 
 
+def _attribute_names(payload: dict[str, Any]) -> list[str]:
+    return [name for name in payload if name not in ENTITY_KEYS]
+
+
 def _attributes(params: Any, terms: TermMap) -> frozenset[str] | None:
     names = split_list(params.get("attrs"))
     return frozenset(terms.expand(check_name(name)) for name in names) or None
@@ -110,11 +223,12 @@ def _temporal_body(
     attrs: frozenset[str] | None,
     terms: TermMap,
     lang: str | None,
+    partial: list[tuple[int | None, int]],
 ) -> dict[str, Any]:
     start, end = query.bounds()
     types = [terms.compact(iri) for iri in entity.types]
     body: dict[str, Any] = {"id": entity.entity_id, "type": types[0] if len(types) == 1 else types}
-    recorded = history.attribute_history(
+    page = history.attribute_history(
         session,
         entity,
         attributes=attrs,
@@ -122,21 +236,24 @@ def _temporal_body(
         end=end,
         by_modification=query.time_property in ("createdAt", "modifiedAt"),
         last_n=query.last_n,
+        page_size=MAX_INSTANCES,
     )
-    for iri, instances in recorded.items():
+    if page.until is not None:
+        partial.append((page.first, page.until))
+    for iri, instances in page.instances.items():
         rendered = render_temporal_attribute(instances, query, terms, lang=lang)
         if rendered:
             body[terms.compact(iri)] = rendered
     return body
 
 
-def _changes(payload: Any, terms: TermMap) -> list[history.Change]:
+def _changes(payload: Any, terms: TermMap, *, types_expanded: bool = False) -> list[history.Change]:
     if not isinstance(payload, dict):
         raise BadRequestData("a temporal entity must be a JSON object")
     entity_id = check_uri(payload.get("id"), "id")
     if "type" not in payload:
         raise BadRequestData("a temporal entity needs a type")
-    types = tuple(parse_types(payload["type"], terms))
+    types = tuple(payload["type"]) if types_expanded else tuple(parse_types(payload["type"], terms))
     now = now_iso()
     changes = []
     for name, raw in payload.items():

@@ -151,3 +151,68 @@ def test_history_rows_deleted_behind_the_hubs_back_are_recreated(hub, db):
     assert make_other.status_code == 201
     other = hub.get("/temporal/entities/urn:ngsi-ld:Sensor:t2", params={"attrs": "temperature"})
     assert [i["value"] for i in other.json()["temperature"]] == [1]
+
+
+def _history(hub, entity_id: str = SENSOR, **params) -> list:
+    found = hub.get(f"/temporal/entities/{entity_id}", params={"attrs": "temperature", **params})
+    assert found.status_code in (200, 206), found.text
+    return found.json().get("temperature", [])
+
+
+def test_instances_are_added_modified_and_deleted(hub, hub_beta):
+    make_sensor(hub)
+    added = hub.request(
+        "POST",
+        f"/temporal/entities/{SENSOR}/attrs",
+        {"temperature": [{"type": "Property", "value": 9, "observedAt": "2026-10-31T23:00:00Z"}]},
+    )
+    assert added.status_code == 204, added.text
+    instances = _history(hub)
+    assert [i["value"] for i in instances] == [9, 10, 11, 12.5]
+    target = instances[1]["instanceId"]
+    path = f"/temporal/entities/{SENSOR}/attrs/temperature/{target}"
+    change = {"temperature": {"type": "Property", "value": 100}}
+    assert hub_beta.request("PATCH", path, change).status_code == 404  # another commune's
+    assert hub.request("PATCH", path, change).status_code == 204
+    assert [i["value"] for i in _history(hub)] == [9, 100, 11, 12.5]
+    assert hub_beta.request("DELETE", path).status_code == 404
+    assert hub.request("DELETE", path).status_code == 204
+    assert hub.request("DELETE", path).status_code == 404
+    assert [i["value"] for i in _history(hub)] == [9, 11, 12.5]
+    wrong = hub.request("PATCH", f"/temporal/entities/{SENSOR}/attrs/status/{target}", change)
+    assert wrong.status_code == 400
+    missing = hub.request("POST", "/temporal/entities/urn:x:none/attrs", change)
+    assert missing.status_code == 404
+
+
+def test_attribute_history_is_deleted(hub):
+    make_sensor(hub)
+    gone = hub.request("DELETE", f"/temporal/entities/{SENSOR}/attrs/temperature")
+    assert gone.status_code == 204, gone.text
+    assert _history(hub) == []
+    status = hub.get(f"/temporal/entities/{SENSOR}", params={"attrs": "status"}).json()
+    assert status["status"][0]["value"] == "ok"
+    again = hub.request("DELETE", f"/temporal/entities/{SENSOR}/attrs/temperature")
+    assert again.status_code == 404
+    # New changes start a new history for the attribute.
+    hub.request("PATCH", f"/entities/{SENSOR}/attrs", reading(14, "2026-11-02T00:00:00Z"))
+    assert [i["value"] for i in _history(hub)] == [14]
+
+
+def test_long_histories_come_in_pages_with_a_content_range(hub, monkeypatch):
+    from communs.hub import temporal_api
+
+    monkeypatch.setattr(temporal_api, "MAX_INSTANCES", 2)
+    make_sensor(hub)
+    first = hub.get(f"/temporal/entities/{SENSOR}", params={"attrs": "temperature"})
+    assert first.status_code == 206
+    assert [i["value"] for i in first.json()["temperature"]] == [10, 11]
+    assert first.headers["Content-Range"] == (
+        "date-time 2026-11-01T00:00:00.000Z-2026-11-01T01:00:00.000Z/*"
+    )
+    rest = hub.get(
+        f"/temporal/entities/{SENSOR}",
+        params={"attrs": "temperature", "timerel": "after", "timeAt": "2026-11-01T01:00:01Z"},
+    )
+    assert rest.status_code == 200
+    assert [i["value"] for i in rest.json()["temperature"]] == [12.5]
