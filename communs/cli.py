@@ -35,8 +35,12 @@ app.add_typer(db_app, name="db")
 app.add_typer(commune_app, name="commune")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
+hub_retention_app = typer.Typer(
+    help="How long each commune keeps the history of its entities.", no_args_is_help=True
+)
 app.add_typer(hub_app, name="hub")
 hub_app.add_typer(hub_context_app, name="context")
+hub_app.add_typer(hub_retention_app, name="retention")
 
 console = Console(stderr=True)
 out = Console()
@@ -345,6 +349,66 @@ def hub_context_remove(
     except NgsiError as error:
         _fail(error)
     out.print(f"- {row.url}", markup=False, highlight=False, soft_wrap=True)
+
+
+TypeOption = Annotated[
+    str | None,
+    typer.Option("--type", help="Entity type (name or IRI); without it, every type."),
+]
+
+
+def _type_iri(name: str | None) -> str:
+    from communs.hub.context import term_map
+
+    return "" if not name else term_map(None, None).expand(name)
+
+
+@hub_retention_app.command("set")
+def hub_retention_set(
+    commune: Annotated[str, typer.Argument(help="Commune slug.")],
+    days: Annotated[int, typer.Argument(min=1, help="Days of history to keep.")],
+    entity_type: TypeOption = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Keep DAYS of history (older readings are deleted every hour by the job runner)."""
+    from communs.hub import history
+
+    _settings, db = _open(data_dir)
+    commune_id = _commune(db, commune).id
+    db.write(history.set_retention, commune_id, days, _type_iri(entity_type))
+    out.print(f"{commune} {entity_type or '*'} {days}", markup=False, highlight=False)
+
+
+@hub_retention_app.command("list")
+def hub_retention_list(
+    commune: Annotated[str, typer.Argument(help="Commune slug.")], data_dir: DataDir = None
+) -> None:
+    """The retention rules of a commune."""
+    from communs.hub import history
+
+    _settings, db = _open(data_dir)
+    commune_id = _commune(db, commune).id
+    table = Table("type", "days")
+    with db.read() as session:
+        for type_iri, days in sorted(history.retention_rules(session, commune_id).items()):
+            table.add_row(escape(type_iri or "*"), str(days))
+    out.print(table)
+
+
+@hub_retention_app.command("remove")
+def hub_retention_remove(
+    commune: Annotated[str, typer.Argument(help="Commune slug.")],
+    entity_type: TypeOption = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Keep history forever again (for that type, or the commune-wide rule)."""
+    from communs.hub import history
+
+    _settings, db = _open(data_dir)
+    commune_id = _commune(db, commune).id
+    if not db.write(history.remove_retention, commune_id, _type_iri(entity_type)):
+        _fail(ValueError(_("Aucune règle de conservation pour ce type.")))
+    out.print(f"- {commune} {entity_type or '*'}", markup=False, highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -20,8 +20,11 @@ import orjson
 from sqlalchemy import delete, event, select
 from sqlalchemy.orm import Session
 
+from communs.core.db import utcnow
+from communs.core.jobs import enqueue
+from communs.core.models import Job, JobStatus
 from communs.hub.document import attribute_iris
-from communs.hub.models import HubInstance, HubSeries, HubTemporalEntity
+from communs.hub.models import HubInstance, HubRetentionRule, HubSeries, HubTemporalEntity
 
 ENTITIES = HubTemporalEntity.__table__
 SERIES = HubSeries.__table__
@@ -546,3 +549,81 @@ def delete_attribute_history(
     if deleted:
         forget(session, commune_id, entity_id)
     return bool(deleted)
+
+
+# ---------------------------------------------------------------- retention
+
+RETENTION_JOB = "hub.history_retention"
+RETENTION_EVERY = dt.timedelta(hours=1)
+RETENTION_BATCH = 50_000
+
+
+def set_retention(session: Any, commune_id: int, days: int, type_iri: str = "") -> None:
+    """Keep ``days`` of history for entities of ``type_iri`` ("" for every type)."""
+    if days < 1:
+        raise ValueError("retention is at least one day")
+    rules = HubRetentionRule.__table__
+    found = session.execute(
+        select(rules.c.id).where(rules.c.commune_id == commune_id, rules.c.type_iri == type_iri)
+    ).first()
+    if found is None:
+        session.execute(rules.insert().values(commune_id=commune_id, type_iri=type_iri, days=days))
+    else:
+        session.execute(rules.update().where(rules.c.id == found.id).values(days=days))
+    ensure_retention_job(session, commune_id, utcnow())
+
+
+def remove_retention(session: Any, commune_id: int, type_iri: str = "") -> bool:
+    rules = HubRetentionRule.__table__
+    deleted = session.execute(
+        delete(rules).where(rules.c.commune_id == commune_id, rules.c.type_iri == type_iri)
+    )
+    return bool(deleted.rowcount)
+
+
+def retention_rules(session: Any, commune_id: int) -> dict[str, int]:
+    rules = HubRetentionRule.__table__
+    statement = select(rules.c.type_iri, rules.c.days).where(rules.c.commune_id == commune_id)
+    return {type_iri: days for type_iri, days in session.execute(statement)}
+
+
+def ensure_retention_job(session: Any, commune_id: int, run_after: dt.datetime) -> None:
+    pending = session.execute(
+        select(Job.id).where(
+            Job.kind == RETENTION_JOB,
+            Job.commune_id == commune_id,
+            Job.status == JobStatus.PENDING,
+        )
+    ).first()
+    if pending is None:
+        enqueue(session, RETENTION_JOB, {}, commune_id=commune_id, run_after=run_after)
+
+
+def apply_retention(session: Any, commune_id: int, now: dt.datetime) -> int:
+    """Delete up to ``RETENTION_BATCH`` instances older than their rule allows; how many.
+    An entity follows the longest rule among its types, else the commune-wide rule."""
+    rules = retention_rules(session, commune_id)
+    if not rules:
+        return 0
+    by_days: dict[int, list[int]] = {}
+    owners = select(ENTITIES.c.id, ENTITIES.c.types).where(ENTITIES.c.commune_id == commune_id)
+    for owner, types in session.execute(owners):
+        typed = [rules[t] for t in types if t in rules]
+        days = max(typed) if typed else rules.get("")
+        if days is not None:
+            by_days.setdefault(days, []).append(owner)
+    deleted = 0
+    for days, owner_ids in by_days.items():
+        cutoff = _micros(now - dt.timedelta(days=days))
+        for chunk in _chunks(owner_ids):
+            series = select(SERIES.c.id).where(SERIES.c.temporal_entity_id.in_(chunk))
+            doomed = (
+                select(INSTANCES.c.id)
+                .where(INSTANCES.c.series_id.in_(series), INSTANCES.c.observed_at < cutoff)
+                .limit(RETENTION_BATCH - deleted)
+            )
+            result = session.execute(delete(INSTANCES).where(INSTANCES.c.id.in_(doomed)))
+            deleted += result.rowcount
+            if deleted >= RETENTION_BATCH:
+                return deleted
+    return deleted

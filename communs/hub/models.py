@@ -153,3 +153,15 @@ class HubInstance(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     number: Mapped[float | None] = mapped_column(Float, nullable=True)
     instance: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+
+class HubRetentionRule(Base):
+    """How long a commune keeps history: for entities of one type, or (no type) all."""
+
+    __tablename__ = "hub_retention_rules"
+    __table_args__ = (UniqueConstraint("commune_id", "type_iri"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    commune_id: Mapped[int] = mapped_column(ForeignKey("communes.id", ondelete="CASCADE"))
+    type_iri: Mapped[str] = mapped_column(String(512), default="")  # "" = every type
+    days: Mapped[int] = mapped_column(Integer)
