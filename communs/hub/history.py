@@ -418,7 +418,10 @@ def attribute_history(
                 rows = rows[:page_size]
                 cut = rows[-1][moment]
                 until = cut if until is None else min(until, cut)
-        timed.setdefault(iri, []).extend((row[moment], row.id, _instance(row)) for row in rows)
+        times: dict[int, str] = {}
+        timed.setdefault(iri, []).extend(
+            (row[moment], row.id, _instance(row, times)) for row in rows
+        )
     if until is not None:
         timed = {iri: [r for r in rows if r[0] <= until] for iri, rows in timed.items()}
     # Series of one attribute (several datasetIds) merge in time order.
@@ -431,10 +434,16 @@ def attribute_history(
     return HistoryPage(instances, first, until)
 
 
-def _instance(row: Any) -> dict[str, Any]:
+def _instance(row: Any, times: dict[int, str]) -> dict[str, Any]:
+    """The stored instance; ``times`` remembers formatted recording times (an import
+    records thousands of instances at one time)."""
     instance = dict(row.instance)
-    instance.setdefault("observedAt", from_micros(row.observed_at))
-    instance["createdAt"] = instance["modifiedAt"] = from_micros(row.created_at)
+    if "observedAt" not in instance:
+        instance["observedAt"] = from_micros(row.observed_at)
+    recorded = times.get(row.created_at)
+    if recorded is None:
+        recorded = times[row.created_at] = from_micros(row.created_at)
+    instance["createdAt"] = instance["modifiedAt"] = recorded
     instance["instanceId"] = f"urn:ngsi-ld:attribute-instance:{row.id}"
     return instance
 

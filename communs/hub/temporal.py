@@ -502,7 +502,10 @@ def _buckets(
 def _shift(origin: dt.datetime, period: Period, count: int) -> dt.datetime:
     """The start of period number ``count``; computed from the origin, so that month
     ends do not drift (Jan 31, Feb 29, Mar 31)."""
+    fixed = _fixed_length(period)
     try:
+        if fixed is not None:
+            return origin + fixed * count
         return period.times(count).after(origin)
     except (OverflowError, ValueError):
         return MAX_TIME
@@ -511,6 +514,9 @@ def _shift(origin: dt.datetime, period: Period, count: int) -> dt.datetime:
 def _bucket_index(origin: dt.datetime, period: Period, moment: dt.datetime) -> int:
     """The period holding ``moment``: estimated from the mean period length, then
     corrected, so sparse data over many short periods costs no walk through them."""
+    fixed = _fixed_length(period)
+    if fixed is not None:  # days and seconds only: exact arithmetic
+        return max(0, (moment - origin) // fixed)
     elapsed = (moment - origin).total_seconds()
     index = max(0, int(elapsed // period.approximate_seconds()))
     while index > 0 and _shift(origin, period, index) > moment:
@@ -518,6 +524,12 @@ def _bucket_index(origin: dt.datetime, period: Period, moment: dt.datetime) -> i
     while _shift(origin, period, index + 1) <= moment:
         index += 1
     return index
+
+
+def _fixed_length(period: Period) -> dt.timedelta | None:
+    if period.years or period.months:
+        return None
+    return dt.timedelta(days=period.days, seconds=period.seconds)
 
 
 def _value(instance: dict[str, Any]) -> Any:
