@@ -150,11 +150,10 @@ def reference(url: str, args: argparse.Namespace, day_start: dt.datetime):
     # Driven from the series, as an index-aware hand-written query would be.
     year_sql = text(
         "SELECT (i.observed_at - :start) / :bucket AS b, avg(i.number) "
-        "FROM hub_temporal_entities e "
-        "JOIN hub_temporal_series s ON s.temporal_entity_id = e.id "
-        "JOIN hub_temporal_instances i ON i.series_id = s.id "
+        "FROM hub_temporal_series s JOIN hub_temporal_instances i ON i.series_id = s.id "
         "AND i.observed_at >= :start AND i.observed_at < :end "
-        "WHERE e.entity_id = :entity GROUP BY b ORDER BY b"
+        "WHERE s.temporal_entity_id = "
+        "(SELECT id FROM hub_temporal_entities WHERE entity_id = :entity) GROUP BY b ORDER BY b"
     )
     day_us = int(day_start.timestamp()) * MICROS
     day_sql = text(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, event, select
+from sqlalchemy import Text, bindparam, cast, delete, event, select
 from sqlalchemy.orm import Session
 
 from communs.core.db import utcnow
@@ -376,9 +376,9 @@ class HistoryPage:
     until: int | None = None
 
 
-def attribute_history(
+def histories(
     session: Any,
-    entity: TemporalEntity,
+    entities: list[TemporalEntity],
     *,
     attributes: frozenset[str] | None,
     start: dt.datetime | None,
@@ -386,42 +386,63 @@ def attribute_history(
     by_modification: bool,
     last_n: int | None,
     page_size: int,
-) -> HistoryPage:
-    """Recorded instances in [start, end), oldest first (the last ``last_n`` per series
-    when given), at most ``page_size`` per series."""
-    series = select(SERIES.c.id, SERIES.c.attribute_iri).where(
-        SERIES.c.temporal_entity_id == entity.id
-    )
-    if attributes is not None:
-        series = series.where(SERIES.c.attribute_iri.in_(attributes))
-    timed: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
+) -> dict[int, HistoryPage]:
+    """Per temporal entity: recorded instances in [start, end), oldest first (the last
+    ``last_n`` per series when given), at most ``page_size`` per series."""
+    owners = {entity.id: entity for entity in entities}
+    series: dict[int, tuple[int, str]] = {}
+    for chunk in _chunks(list(owners)):
+        statement = select(SERIES.c.id, SERIES.c.temporal_entity_id, SERIES.c.attribute_iri).where(
+            SERIES.c.temporal_entity_id.in_(chunk)
+        )
+        if attributes is not None:
+            statement = statement.where(SERIES.c.attribute_iri.in_(attributes))
+        series.update(
+            (row.id, (row.temporal_entity_id, row.attribute_iri))
+            for row in session.execute(statement)
+        )
     time = INSTANCES.c.created_at if by_modification else INSTANCES.c.observed_at
-    moment = 2 if by_modification else 1
-    until: int | None = None
-    for series_id, iri in session.execute(series).all():
-        statement = select(
-            INSTANCES.c.id, INSTANCES.c.observed_at, INSTANCES.c.created_at, INSTANCES.c.instance
-        ).where(INSTANCES.c.series_id == series_id)
-        if start is not None:
-            statement = statement.where(time >= _micros(start))
-        if end is not None:
-            statement = statement.where(time < _micros(end))
-        if last_n is not None:
-            wanted = min(last_n, page_size)
-            statement = statement.order_by(time.desc(), INSTANCES.c.id.desc()).limit(wanted)
-            rows = session.execute(statement).all()
-            rows.reverse()
-        else:
-            statement = statement.order_by(time, INSTANCES.c.id).limit(page_size + 1)
-            rows = session.execute(statement).all()
-            if len(rows) > page_size:
-                rows = rows[:page_size]
-                cut = rows[-1][moment]
-                until = cut if until is None else min(until, cut)
-        times: dict[int, str] = {}
-        timed.setdefault(iri, []).extend(
+    newest_first = last_n is not None
+    # One query per series: each is a range scan of the (series, time) index that stops
+    # at the page's end (a window function over all series ranks every row in range).
+    order = (time.desc(), INSTANCES.c.id.desc()) if newest_first else (time, INSTANCES.c.id)
+    statement = select(
+        INSTANCES.c.series_id,
+        INSTANCES.c.id,
+        INSTANCES.c.observed_at,
+        INSTANCES.c.created_at,
+        cast(INSTANCES.c.instance, Text).label("instance"),
+    ).where(INSTANCES.c.series_id == bindparam("series"))
+    if start is not None:
+        statement = statement.where(time >= _micros(start))
+    if end is not None:
+        statement = statement.where(time < _micros(end))
+    statement = statement.order_by(*order).limit(
+        min(last_n, page_size) if newest_first else page_size + 1
+    )
+    rows_of = {
+        series_id: session.execute(statement, {"series": series_id}).all() for series_id in series
+    }
+    moment = 3 if by_modification else 2
+    times: dict[int, str] = {}
+    timed: dict[int, dict[str, list[tuple[int, int, dict[str, Any]]]]] = {o: {} for o in owners}
+    until: dict[int, int] = {}
+    for series_id, rows in rows_of.items():
+        owner, iri = series[series_id]
+        rows.sort(key=lambda row: (row[moment], row.id))
+        if not newest_first and len(rows) > page_size:
+            rows = rows[:page_size]
+            cut = rows[-1][moment]
+            until[owner] = min(until.get(owner, cut), cut)
+        timed[owner].setdefault(iri, []).extend(
             (row[moment], row.id, _instance(row, times)) for row in rows
         )
+    return {owner: _page(by_iri, until.get(owner)) for owner, by_iri in timed.items()}
+
+
+def _page(
+    timed: dict[str, list[tuple[int, int, dict[str, Any]]]], until: int | None
+) -> HistoryPage:
     if until is not None:
         timed = {iri: [r for r in rows if r[0] <= until] for iri, rows in timed.items()}
     # Series of one attribute (several datasetIds) merge in time order.
@@ -437,7 +458,7 @@ def attribute_history(
 def _instance(row: Any, times: dict[int, str]) -> dict[str, Any]:
     """The stored instance; ``times`` remembers formatted recording times (an import
     records thousands of instances at one time)."""
-    instance = dict(row.instance)
+    instance = orjson.loads(row.instance)
     if "observedAt" not in instance:
         instance["observedAt"] = from_micros(row.observed_at)
     recorded = times.get(row.created_at)

@@ -54,10 +54,9 @@ async def query_temporal_entities(request: Request, tenant: Reader) -> Response:
             session, tenant.commune_id, entity_ids=ids, types=types, limit=limit, offset=offset
         )
         partial: list[tuple[int | None, int]] = []
-        bodies = [
-            _temporal_body(session, entity, query, attrs, terms, params.get("lang"), partial)
-            for entity in entities
-        ]
+        bodies = _temporal_bodies(
+            session, entities, query, attrs, terms, params.get("lang"), partial
+        )
     if attrs is not None:
         bodies = [body for body in bodies if len(body) > 2]
     return _paged_response(request, bodies, context, partial, query)
@@ -181,7 +180,7 @@ async def retrieve_temporal_entity(request: Request, tenant: Reader, entity_id: 
         if not found:
             raise ResourceNotFound(f"no history for entity {entity_id}")
         partial: list[tuple[int | None, int]] = []
-        body = _temporal_body(session, found[0], query, attrs, terms, params.get("lang"), partial)
+        (body,) = _temporal_bodies(session, found, query, attrs, terms, params.get("lang"), partial)
     return _paged_response(request, body, context, partial, query)
 
 
@@ -216,21 +215,19 @@ def _attributes(params: Any, terms: TermMap) -> frozenset[str] | None:
     return frozenset(terms.expand(check_name(name)) for name in names) or None
 
 
-def _temporal_body(
+def _temporal_bodies(
     session: Any,
-    entity: history.TemporalEntity,
+    entities: list[history.TemporalEntity],
     query: TemporalQuery,
     attrs: frozenset[str] | None,
     terms: TermMap,
     lang: str | None,
     partial: list[tuple[int | None, int]],
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
     start, end = query.bounds()
-    types = [terms.compact(iri) for iri in entity.types]
-    body: dict[str, Any] = {"id": entity.entity_id, "type": types[0] if len(types) == 1 else types}
-    page = history.attribute_history(
+    pages = history.histories(
         session,
-        entity,
+        entities,
         attributes=attrs,
         start=start,
         end=end,
@@ -238,13 +235,22 @@ def _temporal_body(
         last_n=query.last_n,
         page_size=MAX_INSTANCES,
     )
-    if page.until is not None:
-        partial.append((page.first, page.until))
-    for iri, instances in page.instances.items():
-        rendered = render_temporal_attribute(instances, query, terms, lang=lang)
-        if rendered:
-            body[terms.compact(iri)] = rendered
-    return body
+    bodies = []
+    for entity in entities:
+        page = pages[entity.id]
+        if page.until is not None:
+            partial.append((page.first, page.until))
+        types = [terms.compact(iri) for iri in entity.types]
+        body: dict[str, Any] = {
+            "id": entity.entity_id,
+            "type": types[0] if len(types) == 1 else types,
+        }
+        for iri, instances in page.instances.items():
+            rendered = render_temporal_attribute(instances, query, terms, lang=lang)
+            if rendered:
+                body[terms.compact(iri)] = rendered
+        bodies.append(body)
+    return bodies
 
 
 def _changes(payload: Any, terms: TermMap, *, types_expanded: bool = False) -> list[history.Change]:
