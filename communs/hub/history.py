@@ -386,6 +386,7 @@ def histories(
     by_modification: bool,
     last_n: int | None,
     page_size: int,
+    values_only: bool = False,
 ) -> dict[int, HistoryPage]:
     """Per temporal entity: recorded instances in [start, end), oldest first (the last
     ``last_n`` per series when given), at most ``page_size`` per series."""
@@ -435,7 +436,7 @@ def histories(
             cut = rows[-1][moment]
             until[owner] = min(until.get(owner, cut), cut)
         timed[owner].setdefault(iri, []).extend(
-            (row[moment], row.id, _instance(row, times)) for row in rows
+            (row[moment], row.id, _instance(row, times, values_only)) for row in rows
         )
     return {owner: _page(by_iri, until.get(owner)) for owner, by_iri in timed.items()}
 
@@ -455,12 +456,15 @@ def _page(
     return HistoryPage(instances, first, until)
 
 
-def _instance(row: Any, times: dict[int, str]) -> dict[str, Any]:
+def _instance(row: Any, times: dict[int, str], values_only: bool = False) -> dict[str, Any]:
     """The stored instance; ``times`` remembers formatted recording times (an import
-    records thousands of instances at one time)."""
+    records thousands of instances at one time). ``values_only``: what aggregation and
+    temporalValues read by observation time, nothing more."""
     instance = orjson.loads(row.instance)
     if "observedAt" not in instance:
         instance["observedAt"] = from_micros(row.observed_at)
+    if values_only:
+        return instance
     recorded = times.get(row.created_at)
     if recorded is None:
         recorded = times[row.created_at] = from_micros(row.created_at)

@@ -234,6 +234,7 @@ def _temporal_bodies(
         by_modification=query.time_property in ("createdAt", "modifiedAt"),
         last_n=query.last_n,
         page_size=MAX_INSTANCES,
+        values_only=query.form != "normalized" and query.time_property == "observedAt",
     )
     bodies = []
     for entity in entities:
