@@ -6,6 +6,7 @@ never visible from another. Write functions are units of work for ``Database.wri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -104,6 +105,13 @@ class RawCursor:
         self.sqlite = connection.dialect.name == "sqlite"
         self.cursor = connection.connection.driver_connection.cursor()
         self.json_mark = "?" if self.sqlite else "CAST(? AS jsonb)"
+
+    def pipeline(self) -> Any:
+        """On PostgreSQL, statements are sent without waiting for each answer (one
+        network round trip for a run of writes); a no-op on SQLite."""
+        if self.sqlite:
+            return contextlib.nullcontext()
+        return self.cursor.connection.pipeline()
 
     def _sql(self, sql: str) -> str:
         return sql if self.sqlite else sql.replace("?", "%s")
@@ -566,8 +574,13 @@ def _finish(session: Session, stored: Stored, result: UpdateResult, now: str) ->
 
 def _store(session: Session, stored: Stored) -> None:
     """Write the edited document; refresh the index rows of what changed."""
-    document, pk, commune_id = stored.document, stored.pk, stored.commune_id
     raw = RawCursor(session)
+    with raw.pipeline():
+        _write_stored(raw, stored)
+
+
+def _write_stored(raw: RawCursor, stored: Stored) -> None:
+    document, pk, commune_id = stored.document, stored.pk, stored.commune_id
     raw.execute(
         f"UPDATE hub_entities SET document = {raw.json_mark} WHERE pk = ?",
         (orjson.dumps(document).decode(), pk),
