@@ -119,29 +119,33 @@ def _rows(
     micros: dict[str, int] = {}
     rows = []
     for change in changes:
-        instance = change.instance
         owner = entities[change.entity_id][0]
-        modified = micros.get(instance["modifiedAt"])
-        if modified is None:
-            modified = micros[instance["modifiedAt"]] = to_micros(instance["modifiedAt"])
-        observed = instance.get("observedAt")
-        value = instance.get("value")
-        number = (
-            float(value)
-            if type(value) in (int, float) and instance.get("type") == "Property"
-            else None
-        )
-        stored = {k: v for k, v in instance.items() if k not in SYSTEM_TIMES}
-        rows.append(
-            (
-                series[(owner, change.attribute_iri, instance.get("datasetId", ""))],
-                to_micros(observed) if observed else modified,
-                modified,
-                number,
-                orjson.dumps(stored).decode(),
-            )
-        )
+        key = (owner, change.attribute_iri, change.instance.get("datasetId", ""))
+        rows.append(_instance_row(series[key], change.instance, micros))
     return rows
+
+
+def _instance_row(
+    series_id: int, instance: dict[str, Any], micros: dict[str, int]
+) -> tuple[Any, ...]:
+    """The row of one instance; ``micros`` remembers converted modification times (all
+    the instances of one operation share theirs)."""
+    modified = micros.get(instance["modifiedAt"])
+    if modified is None:
+        modified = micros[instance["modifiedAt"]] = to_micros(instance["modifiedAt"])
+    observed = instance.get("observedAt")
+    value = instance.get("value")
+    number = (
+        float(value) if type(value) in (int, float) and instance.get("type") == "Property" else None
+    )
+    stored = {k: v for k, v in instance.items() if k not in SYSTEM_TIMES}
+    return (
+        series_id,
+        to_micros(observed) if observed else modified,
+        modified,
+        number,
+        orjson.dumps(stored).decode(),
+    )
 
 
 # ---------------------------------------------------------------- SQLite: known ids
@@ -176,6 +180,8 @@ def _cache_for(raw: Any) -> _KnownIds | None:
 
 
 def _record_with_cache(raw: Any, cache: _KnownIds, commune_id: int, changes: list[Change]) -> None:
+    if len(changes) == 1 and _record_remembered(raw, cache, commune_id, changes[0]):
+        return
     entities: dict[str, tuple[int, tuple[str, ...]]] = {}
     for change in changes:
         found = cache.entities.get((commune_id, change.entity_id))
@@ -208,6 +214,31 @@ def _record_with_cache(raw: Any, cache: _KnownIds, commune_id: int, changes: lis
     if not single:
         raw.execute("RELEASE hub_history")
     _remember(raw, cache, commune_id, entities, series)
+
+
+INSERT_INSTANCE = (
+    "INSERT INTO hub_temporal_instances (series_id, observed_at, created_at, number, instance) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _record_remembered(raw: Any, cache: _KnownIds, commune_id: int, change: Change) -> bool:
+    """The hot case, one statement: one instance of a remembered series of an entity
+    whose types are unchanged. False when something is not remembered, or stale (the
+    insert fails on a foreign key, by itself): then the general path runs."""
+    entity = cache.entities.get((commune_id, change.entity_id))
+    if entity is None or entity[1] != change.types:
+        return False
+    key = (entity[0], change.attribute_iri, change.instance.get("datasetId", ""))
+    series_id = cache.series.get(key)
+    if series_id is None:
+        return False
+    try:
+        raw.execute(INSERT_INSTANCE, _instance_row(series_id, change.instance, {}))
+    except sqlite3.IntegrityError:
+        cache.entities.pop((commune_id, change.entity_id), None)
+        return False
+    return True
 
 
 def _remember(
