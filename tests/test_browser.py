@@ -9,18 +9,13 @@ browser, no axe-core violation on the public and administration pages, keyboard 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import IN_CI, STRONG_PASSWORD
+from live_server import communs_serve
 
 pytestmark = pytest.mark.browser
 
@@ -32,7 +27,6 @@ CHROMIUM_ARGS = [
     "--disable-gpu",
 ]
 INSTALL_HINT = "apt-get install chromium to run browser tests"
-START_TIMEOUT = 30.0
 DEMO_SLUG = "belvedere-sur-loire"
 DEMO_NAME = "Belvédère-sur-Loire"
 
@@ -68,59 +62,12 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _log_tail(path: Path, lines: int = 40) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 @pytest.fixture
 def server(browser: object, database_url: str, tmp_path: Path) -> Iterator[Server]:
     """``communs serve --demo`` on a free port, on the test database."""
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("COMMUNS_")}
-    env["COMMUNS_DATABASE_URL"] = database_url
-    log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "communs", "serve", "--port", str(port)]
-    command += ["--data-dir", str(tmp_path), "--demo"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=Path(__file__).resolve().parents[1],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{_log_tail(log_path)}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"no answer on {url}/healthz in {START_TIMEOUT} s:\n{_log_tail(log_path)}"
-                )
-            time.sleep(0.1)
+    with communs_serve(database_url, tmp_path, "--demo") as url:
         credentials = json.loads((tmp_path / "demo-credentials.json").read_text())
         yield Server(url, credentials)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture

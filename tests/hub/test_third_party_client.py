@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import IN_CI, make_commune
+from live_server import communs_serve
 
 from communs.core import service
 from communs.core.db import Database
@@ -35,7 +34,6 @@ REQUIREMENT = "ngsildclient==0.5.2"
 SIDE_VENV = ROOT / ".cache" / "ngsildclient-venv"
 INSTALL_HINT = "needs PyPI access to install ngsildclient into a side venv"
 TENANT = "alpha"
-START_TIMEOUT = 30.0
 SCRIPT_TIMEOUT = 60.0
 
 AQ = "AirQualityObserved"
@@ -204,19 +202,11 @@ def ngsildclient_python() -> Path:
 @dataclass(frozen=True)
 class Server:
     url: str
-    port: int
     key: str
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _log_tail(path: Path, lines: int = 40) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
 
 @pytest.fixture
@@ -234,40 +224,9 @@ def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
         ).secret
     finally:
         db.close()
-    port = _free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("COMMUNS_")}
-    env["COMMUNS_DATABASE_URL"] = database_url
-    env["COMMUNS_SECRET_KEY"] = "test-secret-key"
-    env["COMMUNS_HUB_DEFAULT_TENANT"] = TENANT
-    log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "communs", "serve", "--port", str(port)]
-    command += ["--data-dir", str(tmp_path)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{_log_tail(log_path)}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"no answer on {url}/healthz in {START_TIMEOUT} s:\n{_log_tail(log_path)}"
-                )
-            time.sleep(0.1)
-        yield Server(url, port, key)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    env = {"COMMUNS_SECRET_KEY": "test-secret-key", "COMMUNS_HUB_DEFAULT_TENANT": TENANT}
+    with communs_serve(database_url, tmp_path, env=env) as url:
+        yield Server(url, key)
 
 
 # ---------------------------------------------------------------- test
