@@ -82,12 +82,14 @@ def wait_until_up(base: str, process: subprocess.Popen, path: str = "/healthz") 
 
 
 @contextmanager
-def database(url: str | None, folder: Path):
-    if url is None:
-        yield f"sqlite:///{folder / 'bench.sqlite3'}"
+def database(url: str | None, folder: Path, stem: str = "bench"):
+    """A fresh database: a SQLite file in ``folder``, or one created (and dropped after)
+    on the PostgreSQL server of ``url``."""
+    if url is None or url.startswith("sqlite"):
+        yield f"sqlite:///{folder / f'{stem}.sqlite3'}"
         return
     admin_url = normalise_database_url(url)
-    name = f"communs_bench_{uuid.uuid4().hex[:8]}"
+    name = f"communs_{stem}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -317,7 +319,7 @@ def stored_rows(url: str) -> dict[str, list[dict]]:
 def reference_insert_stored(url: str, stored: dict[str, list[dict]], folder: Path) -> float:
     """Insert the same rows, 1,000 entities per transaction, through SQLAlchemy Core into a
     fresh database with the hub's schema (same indexes, same spatial index)."""
-    with database_copy(url, folder) as copy_url:
+    with database(url, folder, stem="reference") as copy_url:
         migrate.upgrade(copy_url)
         db = Database(copy_url)
         commune = db.write(
@@ -385,24 +387,6 @@ def _chunks_by_entity(stored: dict[str, list[dict]], commune_id: int, size: int 
             ]
         chunks.append(chunk)
     return chunks
-
-
-@contextmanager
-def database_copy(url: str, folder: Path):
-    if url.startswith("sqlite"):
-        yield f"sqlite:///{folder / 'reference.sqlite3'}"
-        return
-    admin_url = make_url(url).set(database="postgres").render_as_string(hide_password=False)
-    name = f"communs_ref_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def reference_insert(url: str, entities: list[dict]) -> float:
