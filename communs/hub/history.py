@@ -191,12 +191,12 @@ def _record_with_cache(raw: Any, cache: _KnownIds, commune_id: int, changes: lis
     looked_up, series = _known(raw, commune_id, unknown) if unknown else ({}, {})
     entities.update(looked_up)
     for change in changes:
-        key = (entities[change.entity_id][0] if change.entity_id in entities else None,)
-        if key[0] is not None:
-            full = (key[0], change.attribute_iri, change.instance.get("datasetId", ""))
-            remembered = cache.series.get(full)
+        owner = entities.get(change.entity_id)
+        if owner is not None:
+            key = (owner[0], change.attribute_iri, change.instance.get("datasetId", ""))
+            remembered = cache.series.get(key)
             if remembered is not None:
-                series.setdefault(full, remembered)
+                series.setdefault(key, remembered)
     # One instance of a remembered series is one statement, atomic by itself; anything
     # more is wrapped in a savepoint, to be undone whole if a remembered id is stale.
     single = len(changes) == 1 and not unknown and len(series) == 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, column, delete, func, or_, select, table, text, update
+from sqlalchemy import and_, bindparam, column, delete, func, or_, select, table, text
 from sqlalchemy.orm import Session
 
 from communs.core.db import Database
@@ -89,7 +89,6 @@ class Stored:
 _LOAD = select(ENTITIES.c.pk, ENTITIES.c.document).where(
     ENTITIES.c.commune_id == bindparam("commune"), ENTITIES.c.entity_id == bindparam("entity")
 )
-_SAVE = update(ENTITIES).where(ENTITIES.c.pk == bindparam("entity_pk"))
 _DELETE = delete(ENTITIES).where(ENTITIES.c.pk == bindparam("entity_pk"))
 
 
