@@ -178,3 +178,26 @@ def hub_beta(client, db, hub):
         service.create_api_key, commune_id=beta.id, name="hub", scopes=["hub:read", "hub:write"]
     )
     return Hub(client, "beta", key.secret)
+
+
+MQTT_URL = os.environ.get("COMMUNS_TEST_MQTT_URL")
+
+
+@pytest.fixture
+def mqtt_url() -> str:
+    """The real broker of COMMUNS_TEST_MQTT_URL; in CI an unreachable one is a failure."""
+    if not MQTT_URL:
+        if IN_CI:
+            pytest.fail("COMMUNS_TEST_MQTT_URL is not set")
+        pytest.skip("MQTT broker not configured: set COMMUNS_TEST_MQTT_URL=mqtt://127.0.0.1:1883")
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(MQTT_URL)
+    try:
+        socket.create_connection((parts.hostname, parts.port or 1883), timeout=3).close()
+    except OSError as error:
+        if IN_CI:
+            pytest.fail(f"MQTT broker {MQTT_URL} unreachable: {error}")
+        pytest.skip(f"MQTT broker {MQTT_URL} unreachable: start mosquitto")
+    return MQTT_URL

@@ -6,6 +6,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from communs.core.db import Database
+    from communs.core.settings import Settings
 
 import communs
 
@@ -31,3 +36,25 @@ def load_job_handlers() -> None:
     """Register every capability's job handlers (``tasks`` modules, and core e-mail)."""
     importlib.import_module("communs.core.mail")
     capability_modules("tasks")
+
+
+class BackgroundService(Protocol):
+    """A long-running part of ``communs serve`` (the notifier, the MQTT consumer…)."""
+
+    name: str
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def background_services(settings: Settings, db: Database) -> list[BackgroundService]:
+    """The services every capability's ``runtime`` module starts for these settings:
+    its ``BACKGROUND`` factories, each answering a service or None (not configured)."""
+    services = []
+    for module in capability_modules("runtime"):
+        for factory in getattr(module, "BACKGROUND", ()):
+            service = factory(settings, db)
+            if service is not None:
+                services.append(service)
+    return services

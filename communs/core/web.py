@@ -37,7 +37,7 @@ from communs.core.events import InProcessBus
 from communs.core.i18n import gettext as _
 from communs.core.jobs import JobRunner
 from communs.core.models import Role
-from communs.core.plugins import capability_modules, load_job_handlers
+from communs.core.plugins import background_services, capability_modules, load_job_handlers
 from communs.core.security import csrf_token, csrf_valid
 from communs.core.service import list_communes
 from communs.core.settings import Settings
@@ -367,13 +367,19 @@ def create_app(settings: Settings, db: Database | None = None, *, run_jobs: bool
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         load_job_handlers()
-        task = asyncio.create_task(runner.run_forever()) if run_jobs else None
+        services = background_services(settings, database) if run_jobs else []
+        app.state.services = {service.name: service for service in services}
+        tasks = [asyncio.create_task(service.run()) for service in services]
+        if run_jobs:
+            tasks.append(asyncio.create_task(runner.run_forever()))
         try:
             yield
         finally:
-            if task is not None:
+            if tasks:
                 runner.stop()
-                await asyncio.gather(task, return_exceptions=True)
+                for service in services:
+                    service.stop()
+                await asyncio.gather(*tasks, return_exceptions=True)
             if db is None:
                 database.close()
 
@@ -390,6 +396,7 @@ def create_app(settings: Settings, db: Database | None = None, *, run_jobs: bool
     app.state.db = database
     app.state.bus = InProcessBus()
     app.state.jobs = runner
+    app.state.services = {}
     app.state.templates = make_environment()
     app.state.http_error_handlers = {}
     app.add_middleware(ShellMiddleware, settings=settings)

@@ -5,7 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from communs.core.db import Base, JSONType, UTCDateTime, utcnow
@@ -165,3 +175,84 @@ class HubRetentionRule(Base):
     commune_id: Mapped[int] = mapped_column(ForeignKey("communes.id", ondelete="CASCADE"))
     type_iri: Mapped[str] = mapped_column(String(512), default="")  # "" = every type
     days: Mapped[int] = mapped_column(Integer)
+
+
+class HubSubscription(Base):
+    """An NGSI-LD subscription. ``document`` holds it as given, with attribute and type
+    names expanded; the columns are what delivery and its status need."""
+
+    __tablename__ = "hub_subscriptions"
+    __table_args__ = (UniqueConstraint("commune_id", "subscription_id"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    commune_id: Mapped[int] = mapped_column(ForeignKey("communes.id", ondelete="CASCADE"))
+    subscription_id: Mapped[str] = mapped_column(String(256))
+    document: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    times_sent: Mapped[int] = mapped_column(Integer, default=0)
+    times_failed: Mapped[int] = mapped_column(Integer, default=0)
+    last_notification: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_success: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_failure: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    modified_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HubNotification(Base):
+    """The outbox of notifications: written in the transaction of the change that
+    causes it, deleted once its endpoint has accepted it. Each endpoint is its own
+    queue, delivered in ``id`` order. Times are microseconds since the epoch."""
+
+    __tablename__ = "hub_notifications"
+    __table_args__ = (
+        Index("ix_hub_notifications_endpoint", "endpoint", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    commune_id: Mapped[int] = mapped_column(Integer)
+    subscription_pk: Mapped[int] = mapped_column(
+        ForeignKey("hub_subscriptions.pk", ondelete="CASCADE"), index=True
+    )
+    endpoint: Mapped[str] = mapped_column(String(2048))
+    notification_id: Mapped[str] = mapped_column(String(80))
+    # the entity, for coalescing a throttled subscription's notifications ("" if several)
+    entity_id: Mapped[str] = mapped_column(String(256), default="")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    not_before: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class HubIngestRejection(Base):
+    """A device message the MQTT consumer could not store, with the reason (dead letters)."""
+
+    __tablename__ = "hub_ingest_rejections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    commune_id: Mapped[int | None] = mapped_column(
+        ForeignKey("communes.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    topic: Mapped[str] = mapped_column(String(1024))
+    payload: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HubDeviceMapping(Base):
+    """How a simple device payload becomes one attribute: for MQTT messages on
+    ``communs/<commune>/<entity_type>/…``, ``{value_key: 23.5, time_key: "…"}`` becomes
+    ``attribute`` with that value, ``observedAt`` the time, and ``unit_code``."""
+
+    __tablename__ = "hub_device_mappings"
+    __table_args__ = (UniqueConstraint("commune_id", "entity_type"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    commune_id: Mapped[int] = mapped_column(ForeignKey("communes.id", ondelete="CASCADE"))
+    entity_type: Mapped[str] = mapped_column(String(256))  # as in the topic (short name)
+    attribute: Mapped[str] = mapped_column(String(512))  # short name or IRI
+    value_key: Mapped[str] = mapped_column(String(64), default="v")
+    time_key: Mapped[str | None] = mapped_column(String(64), nullable=True, default="t")
+    unit_code: Mapped[str | None] = mapped_column(String(16), nullable=True)
