@@ -36,6 +36,15 @@ def communs_serve(
 ) -> Iterator[str]:
     """``communs serve [args]`` on a free port of loopback, on the test database, with
     only the COMMUNS_ variables given; yields its base URL once /healthz answers."""
+    with serve_process(database_url, data_dir, *args, env=env) as (_process, url):
+        yield url
+
+
+@contextmanager
+def serve_process(
+    database_url: str, data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``communs_serve`` that also yields the process (for tests that kill it)."""
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("COMMUNS_")}
     environment.update(env or {}, COMMUNS_DATABASE_URL=database_url)
@@ -49,7 +58,7 @@ def communs_serve(
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_healthy(process, url, log_path)
-        yield url
+        yield process, url
     finally:
         process.terminate()
         try:

@@ -762,6 +762,6 @@ EXCEPTION_HANDLERS = {NgsiError: on_ngsi_error}
 HTTP_ERROR_HANDLERS = {PREFIX + "/": on_routing_error}
 
 
-# The @context store (clause 5.13) and the temporal API add their routes to ``router``
-# when imported (they import tenant_reader/tenant_writer from here).
-from communs.hub import contexts, temporal_api  # noqa: E402, F401
+# The @context store (clause 5.13), subscriptions and the temporal API add their
+# routes to ``router`` when imported (they import tenant_reader/tenant_writer from here).
+from communs.hub import contexts, subscriptions_api, temporal_api  # noqa: E402, F401

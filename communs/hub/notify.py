@@ -1,9 +1,644 @@
-"""Delivery of subscription notifications (being written)."""
+"""Delivery of subscription notifications from the outbox (``hub_notifications``).
+
+The notifier runs inside ``communs serve``. It reads outbox rows in id order and puts
+each in the queue of its endpoint (its URI): one slow or dead endpoint only ever delays
+its own queue. Within a queue, notifications of one subscription and entity (their
+*key*) go out one at a time and in order; different keys go out concurrently (up to
+``CONCURRENCY`` per endpoint). A failed delivery is retried with exponential backoff
+(``job_backoff_seconds`` doubled each time, at most ``MAX_BACKOFF``) and blocks only
+its key. A row is deleted once its endpoint has accepted it (2xx, or the MQTT broker's
+acknowledgement), so a crash between delivery and deletion delivers it again: delivery
+is at least once, and every notification carries the same ``id`` each time it is sent,
+for the receiver to drop duplicates.
+
+The notifier is woken right after each commit that wrote notifications in this process,
+and also polls (``job_poll_seconds``) for those written by other processes.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+import orjson
+from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy.orm import Session
+
+from communs.core.db import Database, utcnow
+from communs.core.models import Commune
+from communs.core.settings import Settings
+from communs.hub import subscriptions
+from communs.hub.context import (
+    DEFAULT_CORE_CONTEXT_URL,
+    ContextNotAvailable,
+    TermMap,
+    cached_term_map,
+    term_map,
+)
+from communs.hub.contexts import ContextLoader
+from communs.hub.document import now_iso, render_entity
+from communs.hub.models import HubNotification, HubSubscription
+from communs.hub.service import EntityQuery, RawCursor, query_entities
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY = 8  # deliveries in flight per endpoint
+MEMORY_PER_ENDPOINT = 5_000  # rows held in memory per endpoint; the rest wait in the table
+LOAD_BATCH = 2_000
+MAX_BACKOFF = 300.0
+DEFAULT_TIMEOUT = 10.0  # seconds, when the endpoint gives none
+CATCH_UP_SECONDS = 5.0
+SUBSCRIPTION_TTL = 2.0
+CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
+JSON_LD = "application/ld+json"
+
+NOTIFICATIONS = HubNotification.__table__
 
 
-def notifier_service(_settings: Any, _db: Any) -> None:
-    return None
+@dataclass
+class Row:
+    id: int
+    commune_id: int
+    subscription_pk: int
+    endpoint: str
+    notification_id: str
+    entity_id: str
+    payload: dict[str, Any]
+    not_before: float  # seconds since the epoch
+    attempts: int
+    retry_at: float = 0.0
+    held_back: bool = False
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.subscription_pk, self.entity_id)
+
+    @property
+    def due(self) -> float:
+        return max(self.not_before, self.retry_at)
+
+
+@dataclass
+class Target:
+    """What delivery needs to know of a subscription."""
+
+    pk: int
+    subscription_id: str
+    tenant: str
+    context: Any
+    format: str
+    sys_attrs: bool
+    lang: str | None
+    endpoint: dict[str, Any]
+    loaded_at: float = field(default_factory=time.monotonic)
+
+
+class EndpointQueue:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.keys: OrderedDict[tuple[int, str], deque[Row]] = OrderedDict()
+        self.size = 0
+        self.in_flight: set[tuple[int, str]] = set()
+        self.changed = asyncio.Event()
+        self.pump: asyncio.Task | None = None
+
+    def add(self, row: Row) -> None:
+        self.keys.setdefault(row.key, deque()).append(row)
+        self.size += 1
+        self.changed.set()
+
+    def pop(self, key: tuple[int, str]) -> None:
+        rows = self.keys[key]
+        rows.popleft()
+        self.size -= 1
+        if not rows:
+            del self.keys[key]
+
+    def drop_subscription(self, subscription_pk: int) -> list[int]:
+        dropped = []
+        for key in [k for k in self.keys if k[0] == subscription_pk]:
+            rows = self.keys.pop(key)
+            self.size -= len(rows)
+            dropped.extend(row.id for row in rows)
+        return dropped
+
+
+@dataclass
+class Outcomes:
+    """Results waiting to be written: delivered rows are deleted, failed ones updated,
+    and the subscriptions' figures moved on, in one unit of work."""
+
+    delivered: list[int] = field(default_factory=list)
+    failed: dict[int, tuple[int, str]] = field(default_factory=dict)
+    sent: dict[int, int] = field(default_factory=dict)
+    failures: dict[int, int] = field(default_factory=dict)
+    last_success: dict[int, Any] = field(default_factory=dict)
+    last_failure: dict[int, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.delivered or self.failed)
+
+
+class DeliveryError(Exception):
+    pass
+
+
+class Notifier:
+    name = "hub.notify"
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.queues: dict[str, EndpointQueue] = {}
+        self.known: set[int] = set()  # ids in memory, in flight, or delivered not yet deleted
+        self.high_water = 0
+        self.targets: dict[int, Target] = {}
+        self.outcomes = Outcomes()
+        self.flushed = asyncio.Event()
+        self.wake_event = asyncio.Event()
+        self.stopping = False
+        self.contexts = ContextLoader(db, settings)
+        self.client: httpx.AsyncClient | None = None
+        self.mqtt = MqttPublishers()
+        self.periodic: list[tuple[int, int, subscriptions.Watch]] = []
+        self.periodic_due: dict[int, float] = {}
+        self.delivered_count = 0
+        self.failed_count = 0
+
+    # ------------------------------------------------------------ main loop
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        remove_waker = subscriptions.add_waker(lambda: loop.call_soon_threadsafe(self.wake))
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        self.client = httpx.AsyncClient(limits=limits, follow_redirects=False)
+        writer = asyncio.create_task(self._write_outcomes_forever())
+        last_catch_up = 0.0
+        try:
+            while not self.stopping:
+                self.wake_event.clear()
+                try:
+                    full = await self._load_new()
+                    if time.monotonic() - last_catch_up > CATCH_UP_SECONDS:
+                        last_catch_up = time.monotonic()
+                        await self._catch_up()
+                        self.periodic = await asyncio.to_thread(self._periodic_subscriptions)
+                    await self._run_periodic()
+                except Exception:
+                    log.exception("notifier: loading the outbox failed")
+                    full = False
+                if not full:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self.wake_event.wait(), self.settings.job_poll_seconds
+                        )
+        finally:
+            remove_waker()
+            pumps = [q.pump for q in self.queues.values() if q.pump is not None]
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await self._write_outcomes()
+            await self.client.aclose()
+            await self.mqtt.close()
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake_event.set()
+
+    # ------------------------------------------------------------ reading the outbox
+
+    async def _load_new(self) -> bool:
+        rows = await asyncio.to_thread(self._read, "id > :mark", {"mark": self.high_water})
+        for row in rows:
+            self.high_water = max(self.high_water, row.id)
+        self._dispatch(rows)
+        return len(rows) == LOAD_BATCH
+
+    async def _catch_up(self) -> None:
+        """Rows committed late (another process), or left in the table while their
+        endpoint's queue was full."""
+        rows = await asyncio.to_thread(self._read, "id <= :mark", {"mark": self.high_water})
+        self._dispatch([row for row in rows if row.id not in self.known])
+
+    def _read(self, condition: str, params: dict[str, Any]) -> list[Row]:
+        full = [q.endpoint for q in self.queues.values() if q.size >= MEMORY_PER_ENDPOINT]
+        sql = (
+            "SELECT id, commune_id, subscription_pk, endpoint, notification_id, entity_id, "
+            f"payload, not_before, attempts FROM hub_notifications WHERE {condition}"
+        )
+        statement = text(sql + " ORDER BY id LIMIT :limit")
+        if full:
+            statement = text(sql + " AND endpoint NOT IN :full ORDER BY id LIMIT :limit")
+            statement = statement.bindparams(bindparam("full", expanding=True))
+            params = {**params, "full": full}
+        with self.db.read() as session:
+            found = session.execute(statement, {**params, "limit": LOAD_BATCH}).all()
+        return [
+            Row(
+                id=r[0],
+                commune_id=r[1],
+                subscription_pk=r[2],
+                endpoint=r[3],
+                notification_id=r[4],
+                entity_id=r[5],
+                payload=r[6] if isinstance(r[6], dict) else orjson.loads(r[6]),
+                not_before=r[7] / 1_000_000,
+                attempts=r[8],
+                retry_at=time.time() + self._backoff(r[8]) if r[8] else 0.0,
+                held_back=r[7] / 1_000_000 > time.time(),
+            )
+            for r in found
+        ]
+
+    def _dispatch(self, rows: list[Row]) -> None:
+        for row in rows:
+            if row.id in self.known:
+                continue
+            queue = self.queues.get(row.endpoint)
+            if queue is None:
+                queue = self.queues[row.endpoint] = EndpointQueue(row.endpoint)
+            if queue.size >= MEMORY_PER_ENDPOINT:
+                continue  # stays in the table; read again by a catch-up
+            self.known.add(row.id)
+            queue.add(row)
+            if queue.pump is None or queue.pump.done():
+                queue.pump = asyncio.create_task(self._pump(queue))
+
+    # ------------------------------------------------------------ one endpoint's queue
+
+    async def _pump(self, queue: EndpointQueue) -> None:
+        running: set[asyncio.Task] = set()
+        while not self.stopping:
+            if not queue.keys and not queue.in_flight:
+                return  # nothing awaited between this check and the end: no row is missed
+            queue.changed.clear()
+            now = time.time()
+            next_due = now + 1.0
+            for key, rows in list(queue.keys.items()):
+                if len(queue.in_flight) >= CONCURRENCY:
+                    break
+                if key in queue.in_flight:
+                    continue
+                head = rows[0]
+                if head.due > now:
+                    next_due = min(next_due, head.due)
+                    continue
+                queue.in_flight.add(key)
+                task = asyncio.create_task(self._deliver_head(queue, key, head))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue.changed.wait(), max(next_due - time.time(), 0.001))
+        await asyncio.gather(*running, return_exceptions=True)
+
+    async def _deliver_head(self, queue: EndpointQueue, key: tuple[int, str], row: Row) -> None:
+        try:
+            target = await self._target(row.subscription_pk)
+            if target is None:  # the subscription was deleted, and its rows with it
+                self.known.difference_update(queue.drop_subscription(row.subscription_pk))
+                return
+            if row.held_back:  # a throttled notification: changes may have joined it
+                payload = await asyncio.to_thread(self._payload, row.id)
+                if payload is not None:
+                    row.payload = payload
+            try:
+                await self._send(target, row)
+            except Exception as error:  # noqa: BLE001 - any failure is retried
+                self._failed(row, target, error)
+            else:
+                self._delivered(queue, key, row)
+        finally:
+            queue.in_flight.discard(key)
+            queue.changed.set()
+
+    def _payload(self, row_id: int) -> dict[str, Any] | None:
+        with self.db.read() as session:
+            found = session.scalar(
+                select(HubNotification.payload).where(HubNotification.id == row_id)
+            )
+        return found
+
+    def _delivered(self, queue: EndpointQueue, key: tuple[int, str], row: Row) -> None:
+        queue.pop(key)
+        outcomes = self.outcomes
+        outcomes.delivered.append(row.id)
+        outcomes.failed.pop(row.id, None)
+        outcomes.sent[row.subscription_pk] = outcomes.sent.get(row.subscription_pk, 0) + 1
+        outcomes.last_success[row.subscription_pk] = utcnow()
+        self.delivered_count += 1
+
+    def _failed(self, row: Row, target: Target, error: Exception) -> None:
+        row.attempts += 1
+        row.retry_at = time.time() + self._backoff(row.attempts)
+        reason = f"{type(error).__name__}: {error}"[:2000]
+        outcomes = self.outcomes
+        outcomes.failed[row.id] = (row.attempts, reason)
+        outcomes.failures[row.subscription_pk] = outcomes.failures.get(row.subscription_pk, 0) + 1
+        outcomes.last_failure[row.subscription_pk] = utcnow()
+        self.failed_count += 1
+        log.warning(
+            "notification %s of %s to %s failed (attempt %s): %s",
+            row.notification_id,
+            target.subscription_id,
+            row.endpoint,
+            row.attempts,
+            reason,
+        )
+
+    def _backoff(self, attempts: int) -> float:
+        return min(self.settings.job_backoff_seconds * 2 ** (attempts - 1), MAX_BACKOFF)
+
+    # ------------------------------------------------------------ sending
+
+    async def _send(self, target: Target, row: Row) -> None:
+        body = await self._body(target, row)
+        endpoint = target.endpoint
+        accept = endpoint.get("accept", "application/json")
+        headers = {"Content-Type": accept, "NGSILD-Tenant": target.tenant}
+        if accept == JSON_LD:
+            body["@context"] = target.context or DEFAULT_CORE_CONTEXT_URL
+        else:
+            headers["Link"] = f'<{_context_url(target)}>; rel="{CONTEXT_REL}"; type="{JSON_LD}"'
+        headers.update(subscriptions.key_values(endpoint.get("receiverInfo")))
+        timeout = endpoint.get("timeout")
+        seconds = timeout / 1000 if timeout else DEFAULT_TIMEOUT
+        uri = endpoint["uri"]
+        if uri.lower().startswith("mqtt"):
+            info = subscriptions.key_values(endpoint.get("notifierInfo"))
+            message = {"metadata": headers, "body": body}
+            await self.mqtt.publish(uri, orjson.dumps(message), info, seconds)
+            return
+        assert self.client is not None
+        response = await self.client.post(
+            uri, content=orjson.dumps(body), headers=headers, timeout=seconds
+        )
+        if not 200 <= response.status_code < 300:
+            raise DeliveryError(f"the endpoint answered {response.status_code}")
+
+    async def _body(self, target: Target, row: Row) -> dict[str, Any]:
+        terms = await self._terms(target)
+        data = []
+        for entity in row.payload["entities"]:
+            rendered = render_entity(
+                entity, terms, form=target.format, sys_attrs=target.sys_attrs, lang=target.lang
+            )
+            if "deletedAt" in entity:
+                rendered["deletedAt"] = entity["deletedAt"]
+            data.append(rendered)
+        body = {
+            "id": row.notification_id,
+            "type": "Notification",
+            "subscriptionId": target.subscription_id,
+            "notifiedAt": now_iso(),
+            "data": data,
+        }
+        if row.payload.get("trigger"):
+            body["triggerReason"] = row.payload["trigger"]
+        return body
+
+    async def _terms(self, target: Target) -> TermMap:
+        cached = cached_term_map(target.context)
+        if cached is not None:
+            return cached
+        try:
+            return await asyncio.to_thread(term_map, target.context, self.contexts)
+        except ContextNotAvailable as error:
+            raise DeliveryError(f"@context {error} could not be retrieved") from error
+
+    # ------------------------------------------------------------ subscriptions
+
+    async def _target(self, pk: int) -> Target | None:
+        target = self.targets.get(pk)
+        if target is not None and time.monotonic() - target.loaded_at < SUBSCRIPTION_TTL:
+            return target
+        target = await asyncio.to_thread(self._load_target, pk)
+        if target is None:
+            self.targets.pop(pk, None)
+        else:
+            self.targets[pk] = target
+        return target
+
+    def _load_target(self, pk: int) -> Target | None:
+        with self.db.read() as session:
+            found = session.execute(
+                select(HubSubscription.document, Commune.slug)
+                .join(Commune, Commune.id == HubSubscription.commune_id)
+                .where(HubSubscription.pk == pk)
+            ).first()
+        if found is None:
+            return None
+        return target_of(pk, found[0], found[1])
+
+    # ------------------------------------------------------------ periodic subscriptions
+
+    async def _run_periodic(self) -> None:
+        """Subscriptions with ``timeInterval``: the matching entities, every interval."""
+        found = self.periodic
+        now = time.time()
+        for pk, commune_id, watch in found:
+            due = self.periodic_due.get(pk)
+            if due is None:
+                self.periodic_due[pk] = now  # first notification at once
+                due = now
+            if due > now:
+                continue
+            assert watch.interval is not None
+            self.periodic_due[pk] = now + watch.interval
+            await self.db.awrite(_periodic_notification, commune_id, watch)
+        alive = {pk for pk, _c, _w in found}
+        for pk in set(self.periodic_due) - alive:
+            del self.periodic_due[pk]
+
+    def _periodic_subscriptions(self) -> list[tuple[int, int, subscriptions.Watch]]:
+        with self.db.read() as session:
+            rows = session.execute(
+                select(
+                    HubSubscription.pk,
+                    HubSubscription.commune_id,
+                    HubSubscription.document,
+                    HubSubscription.is_active,
+                    HubSubscription.expires_at,
+                )
+            ).all()
+        found = []
+        now = time.time_ns() // 1000
+        for pk, commune_id, document, active, expires in rows:
+            if "timeInterval" not in document["wire"]:
+                continue
+            watch = subscriptions.compile_watch(
+                pk, document, active, subscriptions._micros_of(expires)
+            )
+            if watch.live(now):
+                found.append((pk, commune_id, watch))
+        return found
+
+    # ------------------------------------------------------------ writing outcomes
+
+    async def _write_outcomes_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            if self.outcomes:
+                await self._write_outcomes()
+
+    async def _write_outcomes(self) -> None:
+        outcomes, self.outcomes = self.outcomes, Outcomes()
+        if not outcomes:
+            return
+        try:
+            await self.db.awrite(_record_outcomes, outcomes)
+        except Exception:
+            log.exception("notifier: recording delivery outcomes failed; will retry")
+            self._merge_back(outcomes)
+            return
+        for row_id in outcomes.delivered:
+            self.known.discard(row_id)
+
+    def _merge_back(self, outcomes: Outcomes) -> None:
+        current = self.outcomes
+        current.delivered[:0] = outcomes.delivered
+        for row_id, value in outcomes.failed.items():
+            current.failed.setdefault(row_id, value)
+        for name in ("sent", "failures"):
+            counts = getattr(current, name)
+            for pk, n in getattr(outcomes, name).items():
+                counts[pk] = counts.get(pk, 0) + n
+        for name in ("last_success", "last_failure"):
+            getattr(current, name).update({**getattr(outcomes, name), **getattr(current, name)})
+
+
+def target_of(pk: int, document: dict[str, Any], tenant: str) -> Target:
+    wire = document["wire"]
+    notification = wire["notification"]
+    return Target(
+        pk=pk,
+        subscription_id=wire["id"],
+        tenant=tenant,
+        context=document.get("context"),
+        format=notification.get("format", "normalized"),
+        sys_attrs=bool(notification.get("sysAttrs", False)),
+        lang=wire.get("lang"),
+        endpoint=notification["endpoint"],
+    )
+
+
+def _context_url(target: Target) -> str:
+    if isinstance(target.context, str):
+        return target.context
+    return DEFAULT_CORE_CONTEXT_URL
+
+
+def _record_outcomes(session: Session, outcomes: Outcomes) -> None:
+    if outcomes.delivered:
+        for start in range(0, len(outcomes.delivered), 500):
+            chunk = outcomes.delivered[start : start + 500]
+            session.execute(delete(HubNotification).where(HubNotification.id.in_(chunk)))
+    for row_id, (attempts, reason) in outcomes.failed.items():
+        session.execute(
+            update(HubNotification)
+            .where(HubNotification.id == row_id)
+            .values(attempts=attempts, last_error=reason)
+        )
+    now = utcnow()
+    for pk in outcomes.sent.keys() | outcomes.failures.keys():
+        values: dict[str, Any] = {
+            "times_sent": HubSubscription.times_sent + outcomes.sent.get(pk, 0),
+            "times_failed": HubSubscription.times_failed + outcomes.failures.get(pk, 0),
+            "last_notification": now,
+        }
+        if pk in outcomes.last_success:
+            values["last_success"] = outcomes.last_success[pk]
+        if pk in outcomes.last_failure:
+            values["last_failure"] = outcomes.last_failure[pk]
+        session.execute(update(HubSubscription).where(HubSubscription.pk == pk).values(**values))
+
+
+def _periodic_notification(session: Session, commune_id: int, watch: subscriptions.Watch) -> None:
+    types = tuple({iri for selector in watch.selectors for iri in selector.types})
+    query = EntityQuery(types=types, matches=watch.selects)
+    documents, _total = query_entities(
+        session, commune_id, query, limit=1000, offset=0, count=False
+    )
+    if not documents:
+        return
+    now = time.time_ns() // 1000
+    entities = [subscriptions._notified(watch, d) for d in documents]
+    subscriptions.insert_notification(
+        RawCursor(session), commune_id, watch.pk, watch.endpoint, entities, "", now, now
+    )
+
+
+# ---------------------------------------------------------------- MQTT endpoints
+
+
+class MqttPublishers:
+    """One connection per broker (and MQTT version), opened on first use and kept."""
+
+    def __init__(self) -> None:
+        self.clients: dict[tuple[str, int, str, str | None], Any] = {}
+        self.stacks: dict[tuple[str, int, str, str | None], contextlib.AsyncExitStack] = {}
+        self.lock = asyncio.Lock()
+
+    async def publish(self, uri: str, payload: bytes, info: dict[str, str], timeout: float):
+        parts = urlsplit(uri)
+        topic = unquote(parts.path.lstrip("/"))
+        qos = int(info.get("MQTT-QoS", "0"))
+        version = info.get("MQTT-Version", "mqtt3.1.1")
+        key = (parts.hostname or "localhost", parts.port or 1883, version, parts.username)
+        client = await self._client(key, parts, timeout)
+        try:
+            await asyncio.wait_for(client.publish(topic, payload, qos=qos), timeout)
+        except Exception:
+            await self._forget(key)
+            raise
+
+    async def _client(self, key: tuple, parts: Any, timeout: float) -> Any:
+        import aiomqtt
+
+        async with self.lock:
+            client = self.clients.get(key)
+            if client is not None:
+                return client
+            protocol = (
+                aiomqtt.ProtocolVersion.V5 if key[2] == "mqtt5.0" else aiomqtt.ProtocolVersion.V311
+            )
+            client = aiomqtt.Client(
+                key[0],
+                key[1],
+                username=parts.username,
+                password=parts.password,
+                protocol=protocol,
+                timeout=timeout,
+            )
+            stack = contextlib.AsyncExitStack()
+            await asyncio.wait_for(stack.enter_async_context(client), timeout)
+            self.clients[key], self.stacks[key] = client, stack
+            return client
+
+    async def _forget(self, key: tuple) -> None:
+        async with self.lock:
+            self.clients.pop(key, None)
+            stack = self.stacks.pop(key, None)
+        if stack is not None:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+    async def close(self) -> None:
+        for key in list(self.clients):
+            await self._forget(key)
+
+
+def notifier_service(settings: Settings, db: Database) -> Notifier:
+    return Notifier(settings, db)

@@ -18,7 +18,7 @@ from sqlalchemy import and_, bindparam, column, delete, func, or_, select, table
 from sqlalchemy.orm import Session
 
 from communs.core.db import Database
-from communs.hub import history
+from communs.hub import history, subscriptions
 from communs.hub.document import (
     ENTITY_KEYS,
     MEMBERS,
@@ -384,6 +384,7 @@ def create_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> 
 def delete_entity(session: Session, commune_id: int, entity_id: str) -> None:
     stored = _editable(session, commune_id, entity_id)
     session.connection().execute(_DELETE, {"entity_pk": stored.pk})
+    subscriptions.entity_deleted(RawCursor(session), commune_id, stored.document)
 
 
 def replace_entity(session: Session, commune_id: int, entity: dict[str, Any]) -> dict[str, Any]:
@@ -602,6 +603,7 @@ def _write_stored(raw: RawCursor, stored: Stored) -> None:
         _refresh_values(raw, rows, stored, changed)
     rows.write(raw)
     history.record(raw, commune_id, history.changes_of_update(document, changed))
+    subscriptions.entity_updated(raw, commune_id, document, stored.values, changed)
     stored.types = tuple(document["type"])
     stored.geometry = geometry
     stored.values = values
@@ -791,6 +793,7 @@ def _insert_new(session: Session, commune_id: int, documents: list[dict[str, Any
         rows.add_entity(pk, commune_id, document)
     rows.write(raw)
     history.record(raw, commune_id, [c for d in documents for c in history.changes_of_new(d)])
+    subscriptions.entities_created(raw, commune_id, documents)
 
 
 def _value_snapshot(document: dict[str, Any]) -> dict[str, bytes]:
@@ -889,6 +892,7 @@ def delete_entities(session: Session, commune_id: int, entity_ids: list[str]) ->
             result.errors.append((entity_id, ResourceNotFound(f"{entity_id} not found")))
             continue
         session.connection().execute(_DELETE, {"entity_pk": stored.pk})
+        subscriptions.entity_deleted(RawCursor(session), commune_id, stored.document)
         result.success.append(entity_id)
     return result
 

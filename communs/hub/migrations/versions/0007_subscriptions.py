@@ -7,9 +7,9 @@ Create Date: 2026-11-22 20:00:02.053674
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 import communs.core.db
-from sqlalchemy.dialects import postgresql
 
 revision = "0007_subscriptions"
 down_revision = "0006_retention"
