@@ -197,9 +197,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder_name:
         folder = Path(folder_name)
-        with database(args.database_url, folder, "notify") as url:
-            with communs_server(url, folder) as (base, key):
-                asyncio.run(measure(base, key, args))
+        with (
+            database(args.database_url, folder, "notify") as url,
+            communs_server(url, folder) as (base, key),
+        ):
+            asyncio.run(measure(base, key, args))
 
 
 if __name__ == "__main__":

@@ -371,6 +371,7 @@ def create(session: Session, commune_id: int, parsed: Parsed, context: Any) -> H
     session.add(row)
     session.flush()
     CACHE.forget(session, commune_id)
+    session.info["hub_subscriptions_changed"] = True
     return row
 
 
@@ -410,6 +411,7 @@ def update(
     row.expires_at = _expires_at(parsed.wire)
     row.modified_at = utcnow()
     CACHE.forget(session, commune_id)
+    session.info["hub_subscriptions_changed"] = True
 
 
 def delete(session: Session, commune_id: int, subscription_id: str) -> None:
@@ -417,6 +419,7 @@ def delete(session: Session, commune_id: int, subscription_id: str) -> None:
     session.delete(row)
     session.flush()
     CACHE.forget(session, commune_id)
+    session.info["hub_subscriptions_changed"] = True
 
 
 def status(row: HubSubscription, now: dt.datetime | None = None) -> str:
@@ -446,7 +449,7 @@ class Selector:
         return not self.types.isdisjoint(document["type"])
 
 
-@dataclass
+@dataclass(eq=False)
 class Watch:
     """A subscription compiled for matching at write time."""
 
@@ -534,8 +537,31 @@ def _selector(derived: dict[str, Any]) -> Selector:
 @dataclass
 class _Commune:
     loaded_at: float
-    watches: list[Watch]
     reacting: list[Watch]  # the live ones that react to changes (not periodic)
+    by_id: dict[str, list[Watch]] = field(default_factory=dict)
+    by_type: dict[str, list[Watch]] = field(default_factory=dict)
+    anything: list[Watch] = field(default_factory=list)  # selectors without id, or none
+
+    def __post_init__(self) -> None:
+        for watch in self.reacting:
+            ids = {s.entity_id for s in watch.selectors}
+            if watch.selectors and None not in ids:
+                for entity_id in ids:
+                    self.by_id.setdefault(entity_id, []).append(watch)
+            elif watch.selectors and all(s.predicate is None for s in watch.selectors):
+                for iri in {iri for s in watch.selectors for iri in s.types}:
+                    self.by_type.setdefault(iri, []).append(watch)
+            else:
+                self.anything.append(watch)
+
+    def candidates(self, document: dict[str, Any]) -> list[Watch]:
+        """The subscriptions that may select this entity, in creation order."""
+        found = [*self.by_id.get(document["id"], ()), *self.anything]
+        for iri in document["type"]:
+            found.extend(self.by_type.get(iri, ()))
+        if len(found) > 1:
+            found = sorted(set(found), key=lambda watch: watch.pk)
+        return found
 
 
 class WatchCache:
@@ -547,13 +573,14 @@ class WatchCache:
             weakref.WeakKeyDictionary()
         )
 
-    def reacting(self, raw: Any, commune_id: int) -> list[Watch]:
+    def reacting(self, raw: Any, commune_id: int) -> _Commune | None:
+        """The commune's subscriptions that react to changes; None if there are none."""
         engine = raw.session.get_bind()
         communes = self.by_engine.get(engine)
         entry = communes.get(commune_id) if communes is not None else None
         if entry is None or time.monotonic() - entry.loaded_at > RELOAD_SECONDS:
             entry = self._load(raw, engine, commune_id)
-        return entry.reacting
+        return entry if entry.reacting else None
 
     def _load(self, raw: Any, engine: Any, commune_id: int) -> _Commune:
         cursor = raw.execute(
@@ -568,7 +595,7 @@ class WatchCache:
             watches.append(compile_watch(pk, document, bool(active), _micros_of(expires)))
         now = _now_micros()
         reacting = [w for w in watches if w.interval is None and w.live(now)]
-        entry = _Commune(time.monotonic(), watches, reacting)
+        entry = _Commune(time.monotonic(), reacting)
         with self.lock:
             self.by_engine.setdefault(engine, {})[commune_id] = entry
         return entry
@@ -607,13 +634,13 @@ class Pending:
 
 
 def entities_created(raw: Any, commune_id: int, documents: Iterable[dict[str, Any]]) -> None:
-    watches = CACHE.reacting(raw, commune_id)
-    if not watches:
+    commune = CACHE.reacting(raw, commune_id)
+    if commune is None:
         return
     now = _now_micros()
     for document in documents:
         attributes = set(attribute_iris(document))
-        for watch in watches:
+        for watch in commune.candidates(document):
             if not watch.live(now) or not watch.selects(document):
                 continue
             if "entityCreated" in watch.triggers:
@@ -633,14 +660,14 @@ def entity_updated(
     changed: list[str],
 ) -> None:
     """``before``: each attribute's instances as JSON before the change."""
-    watches = CACHE.reacting(raw, commune_id)
-    if not watches or not changed:
+    commune = CACHE.reacting(raw, commune_id)
+    if commune is None or not changed:
         return
     now = _now_micros()
     created = {iri for iri in changed if iri not in before}
     deleted = {iri for iri in changed if iri not in document}
     updated = set(changed) - created - deleted
-    for watch in watches:
+    for watch in commune.candidates(document):
         if not watch.live(now):
             continue
         trigger = _update_trigger(watch, created, updated, deleted)
@@ -697,11 +724,11 @@ def _with_changes(
 
 
 def entity_deleted(raw: Any, commune_id: int, document: dict[str, Any]) -> None:
-    watches = CACHE.reacting(raw, commune_id)
-    if not watches:
+    commune = CACHE.reacting(raw, commune_id)
+    if commune is None:
         return
     now = _now_micros()
-    for watch in watches:
+    for watch in commune.candidates(document):
         if "entityDeleted" in watch.triggers and watch.live(now) and watch.selects(document):
             gone = {"id": document["id"], "type": document["type"], "deletedAt": now_iso()}
             _enqueue(raw, commune_id, watch, gone, "entityDeleted", now)
@@ -756,7 +783,6 @@ def _enqueue(
     )
     if watch.throttling > 0 and not_before > now:
         _throttle(raw, watch).waiting_row = row_id
-    raw.session.info["hub_notifications"] = True
 
 
 def insert_notification(
@@ -769,7 +795,17 @@ def insert_notification(
     now: int,
     not_before: int,
 ) -> int:
-    payload = orjson.dumps({"trigger": trigger, "entities": entities}).decode()
+    payload = {"trigger": trigger, "entities": entities}
+    written = Written(
+        0,
+        commune_id,
+        subscription_pk,
+        endpoint,
+        f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
+        entities[0]["id"] if len(entities) == 1 else "",
+        payload,
+        not_before,
+    )
     cursor = raw.execute(
         f"INSERT INTO hub_notifications ({', '.join(OUTBOX_COLUMNS)}) "
         f"VALUES (?, ?, ?, ?, ?, {raw.json_mark}, ?, ?, 0) RETURNING id",
@@ -777,15 +813,31 @@ def insert_notification(
             commune_id,
             subscription_pk,
             endpoint,
-            f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
-            entities[0]["id"] if len(entities) == 1 else "",
-            payload,
+            written.notification_id,
+            written.entity_id,
+            orjson.dumps(payload).decode(),
             now,
             not_before,
         ),
     )
-    raw.session.info["hub_notifications"] = True
-    return cursor.fetchone()[0]
+    written.id = cursor.fetchone()[0]
+    raw.session.info.setdefault("hub_notifications", []).append(written)
+    return written.id
+
+
+@dataclass
+class Written:
+    """A notification row written in this transaction, handed to the notifiers of this
+    process once it commits (so that they need not read it back)."""
+
+    id: int
+    commune_id: int
+    subscription_pk: int
+    endpoint: str
+    notification_id: str
+    entity_id: str
+    payload: dict[str, Any]
+    not_before: int  # microseconds
 
 
 def _throttle(raw: Any, watch: Watch) -> _Throttle:
@@ -825,27 +877,32 @@ def _period(watch: Watch) -> int:
     return int(watch.throttling * 1_000_000)
 
 
-# ---------------------------------------------------------------- waking the notifier
+# ---------------------------------------------------------------- telling the notifier
 
-_WAKERS: set[Callable[[], None]] = set()
+Listener = Callable[[list[Written], bool], None]
+_LISTENERS: set[Listener] = set()
 
 
-def add_waker(wake: Callable[[], None]) -> Callable[[], None]:
-    """``wake`` is called after each commit that wrote notifications (in this process)."""
-    _WAKERS.add(wake)
-    return lambda: _WAKERS.discard(wake)
+def add_listener(listener: Listener) -> Callable[[], None]:
+    """``listener(rows, subscriptions_changed)`` is called after each commit (in this
+    process) that wrote notifications or changed subscriptions; it answers a remover."""
+    _LISTENERS.add(listener)
+    return lambda: _LISTENERS.discard(listener)
 
 
 @event.listens_for(Session, "after_commit")
-def _wake_notifiers(session: Session) -> None:
-    if session.info.pop("hub_notifications", False):
-        for wake in list(_WAKERS):
-            wake()
+def _tell_listeners(session: Session) -> None:
+    rows = session.info.pop("hub_notifications", None)
+    changed = session.info.pop("hub_subscriptions_changed", False)
+    if rows or changed:
+        for listener in list(_LISTENERS):
+            listener(rows or [], changed)
 
 
 @event.listens_for(Session, "after_rollback")
 def _forget_rolled_back(session: Session) -> None:
     session.info.pop("hub_notifications", None)
+    session.info.pop("hub_subscriptions_changed", None)
 
 
 __all__ = ["HubNotification", "Watch", "compile_watch", "create", "get", "listing"]

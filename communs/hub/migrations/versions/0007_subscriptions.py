@@ -116,7 +116,6 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     with op.batch_alter_table("hub_notifications", schema=None) as batch_op:
-        batch_op.create_index("ix_hub_notifications_endpoint", ["endpoint", "id"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_hub_notifications_subscription_pk"), ["subscription_pk"], unique=False
         )
@@ -125,7 +124,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("hub_notifications", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_hub_notifications_subscription_pk"))
-        batch_op.drop_index("ix_hub_notifications_endpoint")
 
     op.drop_table("hub_notifications")
     op.drop_table("hub_subscriptions")
