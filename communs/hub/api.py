@@ -242,7 +242,7 @@ async def _run_query(
     media_type = _accepted(request)
     form, sys_attrs = parse_options(params)
     limit, offset = parse_limit(params)
-    query, attrs = _entity_query(params, terms)
+    query, attrs = entity_query(params, terms)
     with request.app.state.db.read() as session:
         documents, total = service.query_entities(
             session,
@@ -262,7 +262,7 @@ async def _run_query(
     return json_response(request, [render(doc) for doc in documents], context, headers=headers)
 
 
-def _entity_query(params: Any, terms: TermMap) -> tuple[service.EntityQuery, frozenset | None]:
+def entity_query(params: Any, terms: TermMap) -> tuple[service.EntityQuery, frozenset | None]:
     selection = parse_type_selection(params["type"], terms) if params.get("type") else None
     ids = tuple(split_list(params.get("id")))
     attrs = frozenset(terms.expand(a) for a in split_list(params.get("attrs"))) or None

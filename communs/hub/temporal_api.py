@@ -10,12 +10,13 @@ from typing import Any
 from fastapi import Request
 from starlette.responses import Response
 
-from communs.hub import history
+from communs.hub import history, service
 from communs.hub.api import (
     PREFIX,
     Reader,
     Writer,
     arequest_terms,
+    entity_query,
     json_response,
     read_body,
     router,
@@ -47,11 +48,18 @@ async def query_temporal_entities(request: Request, tenant: Reader) -> Response:
     types = tuple(terms.expand(name) for name in split_list(params.get("type")))
     ids = tuple(split_list(params.get("id")))
     attrs = _attributes(params, terms)
-    if not (types or ids or attrs):
-        raise BadRequestData("a temporal query needs type, id or attrs")
+    filtered = bool(params.get("q") or params.get("georel"))
+    if not (types or ids or attrs or filtered):
+        raise BadRequestData("a temporal query needs type, id, attrs, q or georel")
     with request.app.state.db.read() as session:
-        entities = history.find_temporal_entities(
-            session, tenant.commune_id, entity_ids=ids, types=types, limit=limit, offset=offset
+        if filtered:
+            ids = _selected_now(session, tenant.commune_id, params, terms)
+        entities = (
+            history.find_temporal_entities(
+                session, tenant.commune_id, entity_ids=ids, types=types, limit=limit, offset=offset
+            )
+            if ids or not filtered
+            else []
         )
         partial: list[tuple[int | None, int]] = []
         bodies = _temporal_bodies(
@@ -60,6 +68,20 @@ async def query_temporal_entities(request: Request, tenant: Reader) -> Response:
     if attrs is not None:
         bodies = [body for body in bodies if len(body) > 2]
     return _paged_response(request, bodies, context, partial, query)
+
+
+MAX_FILTERED = 10_000
+
+
+def _selected_now(session: Any, commune_id: int, params: Any, terms: TermMap) -> tuple[str, ...]:
+    """The entities that ``q`` and the geo-query select, tested on their current state
+    (as Orion-LD does): an entity's history is returned whole when the entity matches
+    now. Entities deleted since have no current state: these filters leave them out."""
+    query, _attrs = entity_query(params, terms)
+    documents, _total = service.query_entities(
+        session, commune_id, query, limit=MAX_FILTERED, offset=0, count=False
+    )
+    return tuple(document["id"] for document in documents)
 
 
 def _paged_response(

@@ -216,3 +216,46 @@ def test_long_histories_come_in_pages_with_a_content_range(hub, monkeypatch):
     )
     assert rest.status_code == 200
     assert [i["value"] for i in rest.json()["temperature"]] == [12.5]
+
+
+def test_q_and_geo_query_select_entities_of_a_temporal_query(hub, hub_beta):
+    for number, (level, lon) in enumerate(((5, 0.69), (50, 2.35)), 1):
+        created = hub.create(
+            {
+                "id": f"urn:ngsi-ld:Bin:{number}",
+                "type": "WasteContainer",
+                "fillingLevel": {"type": "Property", "value": level},
+                "location": {
+                    "type": "GeoProperty",
+                    "value": {"type": "Point", "coordinates": [lon, 47.39]},
+                },
+            }
+        )
+        assert created.status_code == 201
+    hub_beta.create(
+        {
+            "id": "urn:ngsi-ld:Bin:1",
+            "type": "WasteContainer",
+            "fillingLevel": {"type": "Property", "value": 99},
+        }
+    )
+    full = hub.get("/temporal/entities", params={"type": "WasteContainer", "q": "fillingLevel>20"})
+    assert full.status_code == 200, full.text
+    assert [e["id"] for e in full.json()] == ["urn:ngsi-ld:Bin:2"]
+    near = hub.get(
+        "/temporal/entities",
+        params={
+            "georel": "near;maxDistance==2000",
+            "geometry": "Point",
+            "coordinates": "[0.69,47.39]",
+            "attrs": "fillingLevel",
+        },
+    )
+    assert [e["id"] for e in near.json()] == ["urn:ngsi-ld:Bin:1"]
+    assert [i["value"] for i in near.json()[0]["fillingLevel"]] == [5]
+    nothing = hub.get(
+        "/temporal/entities", params={"type": "WasteContainer", "q": "fillingLevel>100"}
+    )
+    assert nothing.json() == []
+    bad = hub.get("/temporal/entities", params={"q": "fillingLevel=="})
+    assert bad.status_code == 400 and bad.json()["type"].endswith("BadRequestData")
