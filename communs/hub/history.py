@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from communs.core.db import utcnow
 from communs.core.jobs import enqueue
 from communs.core.models import Job, JobStatus
+from communs.hub import partitions
 from communs.hub.document import attribute_iris
 from communs.hub.models import HubInstance, HubRetentionRule, HubSeries, HubTemporalEntity
 
@@ -98,6 +99,7 @@ def record(raw: Any, commune_id: int, changes: list[Change]) -> None:
 
 
 def _insert_instances(raw: Any, rows: list[tuple[Any, ...]]) -> None:
+    partitions.ensure_partitions(raw.session, {row[1] for row in rows})
     raw.insert_rows(
         "hub_temporal_instances",
         ("series_id", "observed_at", "created_at", "number", "instance"),
@@ -568,6 +570,8 @@ def modify_instance(
         if type(value) in (int, float) and replacement.get("type") == "Property"
         else None
     )
+    if observed:
+        partitions.ensure_partitions(session, [to_micros(observed)])
     session.execute(
         INSTANCES.update()
         .where(INSTANCES.c.id == row.id)

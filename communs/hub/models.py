@@ -152,7 +152,9 @@ class HubSeries(Base):
 class HubInstance(Base):
     """One recorded attribute instance; append-only. Times are microseconds since the
     epoch (UTC): compact rows, cheap range scans. ``instance`` is the stored instance
-    without the three times, which the columns hold."""
+    without the three times, which the columns hold. On PostgreSQL the table is
+    partitioned by month of ``observed_at`` (migration 0008, ``communs.hub.partitions``),
+    and its primary key is (id, observed_at) there."""
 
     __tablename__ = "hub_temporal_instances"
     __table_args__ = (Index("ix_hub_temporal_instances_series_time", "series_id", "observed_at"),)

@@ -259,3 +259,44 @@ def test_q_and_geo_query_select_entities_of_a_temporal_query(hub, hub_beta):
     assert nothing.json() == []
     bad = hub.get("/temporal/entities", params={"q": "fillingLevel=="})
     assert bad.status_code == 400 and bad.json()["type"].endswith("BadRequestData")
+
+
+def test_history_lands_in_monthly_partitions_on_postgresql(hub, db):
+    """Imported past readings and new ones each go to their month's partition (created
+    on first use); SQLite keeps one table. Both answer the same."""
+    old = {
+        "id": "urn:ngsi-ld:Sensor:old",
+        "type": "Sensor",
+        "temperature": [
+            {"type": "Property", "value": v, "observedAt": f"2019-03-0{d}T10:00:00Z"}
+            for v, d in ((1, 1), (2, 2))
+        ]
+        + [{"type": "Property", "value": 3, "observedAt": "2019-04-01T00:00:00Z"}],
+    }
+    assert hub.request("POST", "/temporal/entities", old).status_code == 201
+    make_sensor(hub)
+    values = hub.get(
+        "/temporal/entities/urn:ngsi-ld:Sensor:old", params={"attrs": "temperature"}
+    ).json()["temperature"]
+    assert [i["value"] for i in values] == [1, 2, 3]
+    with db.engine.connect() as connection:
+        if db.is_sqlite:
+            total = connection.execute(text("SELECT count(*) FROM hub_temporal_instances"))
+            assert total.scalar() == 7  # 3 imported, 4 of make_sensor
+            return
+        counts = dict(
+            connection.execute(
+                text(
+                    "SELECT c.relname, (xpath('/row/n/text()', query_to_xml("
+                    "'SELECT count(*) AS n FROM ' || c.relname, false, true, '')))[1]::text::int "
+                    "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "JOIN pg_class p ON p.oid = i.inhparent "
+                    "WHERE p.relname = 'hub_temporal_instances'"
+                )
+            ).all()
+        )
+    assert counts["hub_temporal_instances_y2019m03"] == 2
+    assert counts["hub_temporal_instances_y2019m04"] == 1
+    assert counts["hub_temporal_instances_y2026m11"] >= 3  # and status, stamped now
+    assert sum(counts.values()) == 7
+    assert counts["hub_temporal_instances_default"] == 0
