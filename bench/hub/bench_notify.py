@@ -113,7 +113,7 @@ def raw_request(method: str, path: str, body: bytes, host: str, headers: str = "
     ).encode() + body
 
 
-def setup(base: str, key: str, hook_url: str, count: int) -> None:
+def setup(base: str, key: str, hook_url: str, count: int, subscribe: bool = True) -> None:
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=base + "/ngsi-ld/v1", headers=headers, timeout=60) as client:
         entities = [
@@ -122,7 +122,7 @@ def setup(base: str, key: str, hook_url: str, count: int) -> None:
         ]
         response = client.post("/entityOperations/create", json=entities)
         response.raise_for_status()
-        for n in range(count):
+        for n in range(count if subscribe else 0):
             subscription = {
                 "type": "Subscription",
                 "entities": [{"id": ENTITY.format(n), "type": "Sensor"}],
@@ -142,7 +142,9 @@ def percentiles(values: list[float]) -> str:
 async def measure(base: str, key: str, args: argparse.Namespace) -> None:
     hook = Webhook()
     hook_url = await hook.start()
-    await asyncio.to_thread(setup, base, key, hook_url, args.subscriptions)
+    await asyncio.to_thread(
+        setup, base, key, hook_url, args.subscriptions, not args.without_subscriptions
+    )
     host, port = base.removeprefix("http://").split(":")
     total = int(args.rate * args.seconds)
     auth = f"Authorization: Bearer {key}\r\n"
@@ -158,7 +160,7 @@ async def measure(base: str, key: str, args: argparse.Namespace) -> None:
     ]
     hook.received.clear()
     timings = await Sender(host, int(port)).run(patches, args.rate)
-    deadline = time.perf_counter() + 30
+    deadline = time.perf_counter() + (0 if args.without_subscriptions else 30)
     while len(hook.received) < total and time.perf_counter() < deadline:
         await asyncio.sleep(0.05)
     arrivals: dict[int, float] = {}
@@ -182,10 +184,12 @@ async def measure(base: str, key: str, args: argparse.Namespace) -> None:
 
     print(f"{total} PATCHes at {args.rate:.0f}/s, {args.subscriptions} subscriptions")
     print(f"  PATCH answered       {percentiles(patch_latency)}")
-    print(f"  notification arrived {percentiles(notify_latency)}  (missing: {missing})")
+    if notify_latency:
+        print(f"  notification arrived {percentiles(notify_latency)}  (missing: {missing})")
     print(f"  reference, bare hop  {percentiles(bare_latency)}")
-    ratio = statistics.median(notify_latency) / statistics.median(patch_latency)
-    print(f"  ratio notification p50 / PATCH p50: {ratio:.2f}")
+    if notify_latency:
+        ratio = statistics.median(notify_latency) / statistics.median(patch_latency)
+        print(f"  ratio notification p50 / PATCH p50: {ratio:.2f}")
 
 
 def main() -> None:
@@ -194,6 +198,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--subscriptions", type=int, default=100)
     parser.add_argument("--database-url")
+    parser.add_argument(
+        "--without-subscriptions",
+        action="store_true",
+        help="the same PATCHes with no subscription (what notifications cost)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder_name:
         folder = Path(folder_name)

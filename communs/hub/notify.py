@@ -573,7 +573,7 @@ def target_of(pk: int, document: dict[str, Any], tenant: str) -> Target:
         pk=pk,
         subscription_id=wire["id"],
         tenant=tenant,
-        context=document.get("context"),
+        context=wire.get("jsonldContext") or document.get("context"),
         format=notification.get("format", "normalized"),
         sys_attrs=bool(notification.get("sysAttrs", False)),
         lang=wire.get("lang"),

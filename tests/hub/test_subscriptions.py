@@ -462,3 +462,18 @@ def test_notifications_pending_at_a_crash_are_delivered_after_restart(database_u
         assert levels == list(range(1, 21))
     finally:
         hook.close()
+
+
+def test_notifications_are_compacted_with_the_subscriptions_context(hub, webhook, notifier):
+    core = "https://uri.etsi.org/ngsi-ld/default-context/"
+    hosted = {"@context": {"Lampadaire": f"{core}Streetlight", "niveau": f"{core}dimmingLevel"}}
+    response = hub.request("POST", "/jsonldContexts", hosted)
+    assert response.status_code == 201, response.text
+    url = response.headers["location"]
+    assert url.startswith("http")
+    subscribe(hub, subscription(webhook.url, jsonldContext=url))
+    hub.create(streetlight(1, level=12))
+    (received,) = webhook.wait_for(1)
+    entity = received.body["data"][0]
+    assert entity["type"] == "Lampadaire" and entity["niveau"]["value"] == 12
+    assert url in received.headers["Link"]
