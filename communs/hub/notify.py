@@ -56,6 +56,7 @@ MAX_BACKOFF = 300.0
 DEFAULT_TIMEOUT = 10.0  # seconds, when the endpoint gives none
 CATCH_UP_SECONDS = 5.0
 OUTCOMES_EVERY = 0.1  # seconds between writes of delivery outcomes
+FIGURES_EVERY = 1.0  # seconds between updates of the subscriptions' figures
 SUBSCRIPTION_TTL = 30.0  # changes made in this process apply at once
 CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 JSON_LD = "application/ld+json"
@@ -144,7 +145,7 @@ class Outcomes:
     last_failure: dict[int, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.delivered or self.failed)
+        return bool(self.delivered or self.failed or self.sent or self.failures)
 
 
 class DeliveryError(Exception):
@@ -159,6 +160,7 @@ class Notifier:
         self.db = db
         self.queues: dict[str, EndpointQueue] = {}
         self.known: set[int] = set()  # ids in memory, in flight, or delivered not yet deleted
+        self.deleted_meanwhile: set[int] | None = None  # during a catch-up read
         self.high_water = 0
         self.targets: dict[int, Target] = {}
         self.outcomes = Outcomes()
@@ -263,8 +265,12 @@ class Notifier:
     async def _catch_up(self) -> None:
         """Rows committed late (another process), or left in the table while their
         endpoint's queue was full."""
+        self.deleted_meanwhile = set()
         rows = await asyncio.to_thread(self._read, "id <= :mark", {"mark": self.high_water})
-        self._dispatch([row for row in rows if row.id not in self.known])
+        # A row whose deletion committed while it was being read was already delivered.
+        gone = self.deleted_meanwhile
+        self.deleted_meanwhile = None
+        self._dispatch([row for row in rows if row.id not in self.known and row.id not in gone])
 
     def _read(self, condition: str, params: dict[str, Any]) -> list[Row]:
         full = [q.endpoint for q in self.queues.values() if q.size >= MEMORY_PER_ENDPOINT]
@@ -535,13 +541,26 @@ class Notifier:
     # ------------------------------------------------------------ writing outcomes
 
     async def _write_outcomes_forever(self) -> None:
+        figures_written = time.monotonic()
         while True:
             await asyncio.sleep(OUTCOMES_EVERY)
-            if self.outcomes:
-                await self._write_outcomes()
+            figures = time.monotonic() - figures_written >= FIGURES_EVERY
+            if figures:
+                figures_written = time.monotonic()
+            await self._write_outcomes(figures=figures)
 
-    async def _write_outcomes(self) -> None:
-        outcomes, self.outcomes = self.outcomes, Outcomes()
+    async def _write_outcomes(self, *, figures: bool = True) -> None:
+        """Delete delivered rows and record failures; with ``figures``, also move the
+        subscriptions' figures on (less often: each update rewrites a subscription's
+        row, and their order does not matter)."""
+        outcomes, current = Outcomes(), self.outcomes
+        outcomes.delivered, current.delivered = current.delivered, []
+        outcomes.failed, current.failed = current.failed, {}
+        if figures:
+            outcomes.sent, current.sent = current.sent, {}
+            outcomes.failures, current.failures = current.failures, {}
+            outcomes.last_success, current.last_success = current.last_success, {}
+            outcomes.last_failure, current.last_failure = current.last_failure, {}
         if not outcomes:
             return
         try:
@@ -550,8 +569,9 @@ class Notifier:
             log.exception("notifier: recording delivery outcomes failed; will retry")
             self._merge_back(outcomes)
             return
-        for row_id in outcomes.delivered:
-            self.known.discard(row_id)
+        self.known.difference_update(outcomes.delivered)
+        if self.deleted_meanwhile is not None:
+            self.deleted_meanwhile.update(outcomes.delivered)
 
     def _merge_back(self, outcomes: Outcomes) -> None:
         current = self.outcomes
