@@ -141,6 +141,59 @@ def worker(
         db.close()
 
 
+@app.command()
+def notify(
+    data_dir: DataDir = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines.")] = False,
+    wake_stdin: Annotated[
+        bool, typer.Option("--wake-stdin", help="Woken by bytes on stdin; ends at its end.")
+    ] = False,
+) -> None:
+    """Deliver NGSI-LD notifications (communs serve runs it as a child process; run it
+    alone beside web processes in scale-out: one delivers at a time, others stand by)."""
+
+    import uvloop
+
+    from communs.core.logs import configure_logging
+    from communs.hub.notify import run_notifier_process
+
+    settings = load_settings(data_dir)
+    configure_logging(log_json or settings.log_json)
+    db = Database(settings.database_url)
+    try:
+        uvloop.run(run_notifier_process(settings, db, wake_stdin=wake_stdin))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        db.close()
+
+
+@app.command()
+def ingest(
+    data_dir: DataDir = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines.")] = False,
+) -> None:
+    """Run the MQTT consumer alone (scale-out: set COMMUNS_MQTT_SHARE_GROUP and a distinct
+    COMMUNS_MQTT_CLIENT_ID in each process)."""
+    import asyncio
+
+    from communs.core.logs import configure_logging
+    from communs.hub.ingest import ingest_service, run_until_signalled
+
+    settings = load_settings(data_dir)
+    configure_logging(log_json or settings.log_json)
+    if not settings.mqtt_url:
+        _fail(ValueError(_("COMMUNS_MQTT_URL n'est pas défini : aucun courtier MQTT à écouter.")))
+    migrate.upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        service = ingest_service(settings, db)
+        if service is not None:
+            asyncio.run(run_until_signalled(service))
+    finally:
+        db.close()
+
+
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = None) -> None:
     """Bring the database schema to the latest migration (a no-op when current)."""

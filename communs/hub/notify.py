@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
+import signal
+import sys
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -29,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import orjson
 from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from communs.core.db import Database, UTCDateTime, utcnow
@@ -155,14 +161,20 @@ class DeliveryError(Exception):
 class Notifier:
     name = "hub.notify"
 
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, *, handoff: bool = True) -> None:
+        """``handoff``: rows committed by this process are handed over in memory (the
+        notifier runs in the process that writes); else they are read from the table
+        when ``wake`` is called (a notifier process of its own, see NotifierProcess)."""
         self.settings = settings
         self.db = db
+        self.handoff = handoff
+        self.leadership = Leadership(db)
         self.queues: dict[str, EndpointQueue] = {}
         self.known: set[int] = set()  # ids in memory, in flight, or delivered not yet deleted
         self.deleted_meanwhile: set[int] | None = None  # during a catch-up read
         self.high_water = 0
         self.targets: dict[int, Target] = {}
+        self.targets_loading: asyncio.Future | None = None
         self.outcomes = Outcomes()
         self.flushed = asyncio.Event()
         self.wake_event = asyncio.Event()
@@ -179,9 +191,15 @@ class Notifier:
     # ------------------------------------------------------------ main loop
 
     async def run(self) -> None:
+        if not await self.leadership.acquire(lambda: self.stopping):
+            return
         loop = asyncio.get_running_loop()
-        remove_listener = subscriptions.add_listener(
-            lambda rows, changed: loop.call_soon_threadsafe(self._written, rows, changed)
+        remove_listener = (
+            subscriptions.add_listener(
+                lambda rows, changed: loop.call_soon_threadsafe(self._written, rows, changed)
+            )
+            if self.handoff
+            else lambda: None
         )
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
         self.client = httpx.AsyncClient(limits=limits, follow_redirects=False)
@@ -216,6 +234,7 @@ class Notifier:
             await self._write_outcomes()
             await self.client.aclose()
             self.plain.close()
+            self.leadership.release()
             await self.mqtt.close()
 
     def _written(self, rows: list[subscriptions.Written], subscriptions_changed: bool) -> None:
@@ -477,23 +496,38 @@ class Notifier:
         target = self.targets.get(pk)
         if target is not None and time.monotonic() - target.loaded_at < SUBSCRIPTION_TTL:
             return target
-        target = await asyncio.to_thread(self._load_target, pk)
-        if target is None:
+        # One read for every subscription with notifications waiting, shared by all
+        # the deliveries that need one meanwhile.
+        if self.targets_loading is None:
+            wanted = {pk, *(key[0] for q in self.queues.values() for key in q.keys)}
+            self.targets_loading = asyncio.ensure_future(
+                asyncio.to_thread(self._load_targets, wanted)
+            )
+        loading = self.targets_loading
+        try:
+            found = await asyncio.shield(loading)
+        finally:
+            if self.targets_loading is loading and loading.done():
+                self.targets_loading = None
+        if pk not in found:
+            found = await asyncio.to_thread(self._load_targets, {pk})
+        self.targets.update(found)
+        if found.get(pk) is None:
             self.targets.pop(pk, None)
-        else:
-            self.targets[pk] = target
-        return target
+        return found.get(pk)
 
-    def _load_target(self, pk: int) -> Target | None:
+    def _load_targets(self, pks: set[int]) -> dict[int, Target | None]:
+        """The subscriptions ``pks``; None for those deleted."""
         with self.db.read() as session:
-            found = session.execute(
-                select(HubSubscription.document, Commune.slug)
+            rows = session.execute(
+                select(HubSubscription.pk, HubSubscription.document, Commune.slug)
                 .join(Commune, Commune.id == HubSubscription.commune_id)
-                .where(HubSubscription.pk == pk)
-            ).first()
-        if found is None:
-            return None
-        return target_of(pk, found[0], found[1])
+                .where(HubSubscription.pk.in_(pks))
+            ).all()
+        found: dict[int, Target | None] = dict.fromkeys(pks)
+        for pk, document, slug in rows:
+            found[pk] = target_of(pk, document, slug)
+        return found
 
     # ------------------------------------------------------------ periodic subscriptions
 
@@ -828,5 +862,169 @@ class MqttPublishers:
             await self._forget(key)
 
 
-def notifier_service(settings: Settings, db: Database) -> Notifier:
-    return Notifier(settings, db)
+# ---------------------------------------------------------------- one notifier at a time
+
+
+class Leadership:
+    """Only one notifier delivers from a database at a time (two would break the order
+    of notifications): a PostgreSQL advisory lock held on a connection of its own, or a
+    lock on a file beside the SQLite database. Others wait and take over when it goes."""
+
+    LOCK_KEY = 0x636F6D6D756E73  # "communs"
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.connection: Any = None
+        self.lock_file: Any = None
+
+    async def acquire(self, stopping: Callable[[], bool]) -> bool:
+        announced = False
+        while not stopping():
+            if await asyncio.to_thread(self._try):
+                return True
+            if not announced:
+                log.info("another notifier delivers from this database; waiting")
+                announced = True
+            await asyncio.sleep(1.0)
+        return False
+
+    def _try(self) -> bool:
+        if self.db.is_sqlite:
+            path = make_url(self.db.url).database or ""
+            if not path or path == ":memory:":
+                return True
+            handle = open(f"{path}.notifier.lock", "a")  # noqa: SIM115 - held while leading
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                return False
+            self.lock_file = handle
+            return True
+        connection = self.db.engine.connect()
+        taken = connection.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": self.LOCK_KEY}
+        ).scalar()
+        connection.commit()
+        if not taken:
+            connection.close()
+            return False
+        self.connection = connection
+        return True
+
+    def release(self) -> None:
+        if self.lock_file is not None:
+            self.lock_file.close()
+            self.lock_file = None
+        if self.connection is not None:
+            # A pooled connection outlives close(): the lock must be given back first.
+            with contextlib.suppress(Exception):
+                self.connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": self.LOCK_KEY}
+                )
+                self.connection.commit()
+            with contextlib.suppress(Exception):
+                self.connection.close()
+            self.connection = None
+
+
+# ---------------------------------------------------------------- a process of its own
+
+
+class NotifierProcess:
+    """``communs serve`` delivers notifications from a child process (``communs notify``):
+    the web server and its writer already keep one core busy, and a Python process runs
+    one thread at a time, so delivery on the other core is what lets both keep up. After
+    each commit that wrote notifications, the writer thread sends the child one byte on
+    a pipe (``s`` when subscriptions changed); the child then reads the new rows from the
+    outbox. When ``communs serve`` ends, even killed, the pipe closes and the child ends
+    too; a child that dies is started again."""
+
+    name = "hub.notify"
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.stopping = False
+        self.process: asyncio.subprocess.Process | None = None
+        self.wake_fd: int | None = None
+
+    async def run(self) -> None:
+        remove_listener = subscriptions.add_listener(self._poke)
+        try:
+            while not self.stopping:
+                await self._run_child()
+                if not self.stopping:
+                    log.warning("the notifier process ended; starting it again")
+                    await asyncio.sleep(1.0)
+        finally:
+            remove_listener()
+
+    async def _run_child(self) -> None:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        environment = {
+            **os.environ,
+            "COMMUNS_DATABASE_URL": self.settings.database_url,
+            "COMMUNS_DATA_DIR": str(self.settings.data_dir),
+        }
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "communs",
+                "notify",
+                "--wake-stdin",
+                stdin=read_fd,
+                env=environment,
+            )
+        finally:
+            os.close(read_fd)
+        self.wake_fd = write_fd
+        try:
+            await self.process.wait()
+        finally:
+            self.wake_fd = None
+            os.close(write_fd)
+
+    def _poke(self, _rows: list[subscriptions.Written], subscriptions_changed: bool) -> None:
+        fd = self.wake_fd
+        if fd is None:
+            return
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(fd, b"s" if subscriptions_changed else b".")
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
+
+
+async def run_notifier_process(settings: Settings, db: Database, *, wake_stdin: bool) -> None:
+    """``communs notify``: deliver until stopped (or, with ``wake_stdin``, until the
+    parent's pipe closes), woken by each byte it sends."""
+    notifier = Notifier(settings, db, handoff=False)
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, notifier.stop)
+    if wake_stdin:
+        await loop.connect_read_pipe(lambda: _WakePipe(notifier), sys.stdin)
+    await notifier.run()
+
+
+class _WakePipe(asyncio.Protocol):
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+
+    def data_received(self, data: bytes) -> None:
+        if b"s" in data:
+            self.notifier.targets.clear()
+        self.notifier.wake()
+
+    def connection_lost(self, _error: Exception | None) -> None:
+        self.notifier.stop()
+
+
+def notifier_service(settings: Settings, db: Database) -> NotifierProcess:
+    return NotifierProcess(settings, db)

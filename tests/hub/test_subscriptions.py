@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from conftest import make_commune
 from live_server import serve_process
 from webhook import Webhook
 
-from communs.hub.notify import Notifier
+from communs.hub.notify import Leadership, Notifier
 
 STREETLIGHT = "urn:ngsi-ld:Streetlight:"
 POINT = [0.69, 47.39]
@@ -452,8 +453,13 @@ def test_notifications_pending_at_a_crash_are_delivered_after_restart(database_u
             deadline = time.monotonic() + 10
             while hook.calls < 3 and time.monotonic() < deadline:
                 time.sleep(0.02)
+            assert notifier_processes(tmp_path), "communs serve runs a notifier process"
             process.kill()
             process.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            while notifier_processes(tmp_path) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not notifier_processes(tmp_path), "the notifier outlived communs serve"
         assert hook.received == []
         hook.fail_first = hook.calls  # the webhook is back
         with serve_process(database_url, tmp_path, env=env):
@@ -483,3 +489,30 @@ def test_notifications_are_compacted_with_the_subscriptions_context(hub, webhook
     entity = received.body["data"][0]
     assert entity["type"] == "Lampadaire" and entity["niveau"]["value"] == 12
     assert url in received.headers["Link"]
+
+
+def notifier_processes(data_dir) -> list[int]:
+    """Pids of ``communs notify`` processes working for ``data_dir``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"notify" in command and f"COMMUNS_DATA_DIR={data_dir}".encode() in environment:
+            found.append(int(entry.name))
+    return found
+
+
+def test_one_notifier_delivers_at_a_time(db):
+    first, second = Leadership(db), Leadership(db)
+    assert first._try()
+    try:
+        assert not second._try()
+    finally:
+        first.release()
+    assert second._try()
+    second.release()
