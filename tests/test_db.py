@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import make_commune
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from communs.core import service
 from communs.core.db import Database
@@ -81,3 +81,27 @@ def test_write_inside_a_write_unit_is_refused_not_deadlocked(sqlite_db):
 
     with pytest.raises(RuntimeError, match="inside a write unit"):
         db.write(nested)
+
+
+def test_sqlite_wal_is_checkpointed_in_the_background(tmp_path):
+    """Commits never copy the WAL back themselves (that would stall the commit that
+    fills it); a thread of the Database does it every second."""
+    from communs.core import db as db_module
+
+    url = f"sqlite:///{tmp_path / 'wal.sqlite3'}"
+    database = Database(url)
+    try:
+        database.write(lambda s: s.execute(text("CREATE TABLE t (x TEXT)")))
+        for _ in range(50):
+            database.write(lambda s: s.execute(text("INSERT INTO t VALUES (randomblob(8000))")))
+        wal = tmp_path / "wal.sqlite3-wal"
+        with database.write_engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        deadline = time.monotonic() + 5 * db_module.CHECKPOINT_SECONDS
+        main = tmp_path / "wal.sqlite3"
+        while main.stat().st_size < 50 * 8000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert main.stat().st_size >= 50 * 8000, "the WAL was not copied back"
+        assert wal.exists()
+    finally:
+        database.close()

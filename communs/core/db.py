@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 T = TypeVar("T")
+CHECKPOINT_SECONDS = 1.0
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -82,6 +83,10 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
         cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages per connection
         cursor.execute("PRAGMA mmap_size=268435456")
         cursor.execute("PRAGMA temp_store=MEMORY")
+        if writer:
+            # Checkpoints run in a thread of their own (Database._checkpoints), not in the
+            # commit that happens to fill the WAL: that commit would wait for the copy.
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -202,6 +207,8 @@ class Database:
         self.read_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._writer: _WriterThread | None = None
         self._write_lock = threading.Lock()
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
         if self.is_sqlite:
             self.write_engine = make_engine(url, writer=True)
         else:
@@ -257,9 +264,25 @@ class Database:
             if self._writer is None or not self._writer.is_alive():
                 self._writer = _WriterThread(self.write_sessions)
                 self._writer.start()
+                if self.is_sqlite and self._checkpointer is None:
+                    self._checkpointer = threading.Thread(
+                        target=self._checkpoints, name="communs-checkpoint", daemon=True
+                    )
+                    self._checkpointer.start()
             return self._writer
 
+    def _checkpoints(self) -> None:
+        """Copy the WAL back into the database file every second, without blocking
+        writers or readers (PASSIVE), so that the WAL stays small."""
+        while not self._closing.wait(CHECKPOINT_SECONDS):
+            try:
+                with self.engine.connect() as connection:
+                    connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception:  # noqa: BLE001 - the next round tries again
+                continue
+
     def close(self) -> None:
+        self._closing.set()
         with self._write_lock:
             if self._writer is not None and self._writer.is_alive():
                 self._writer.work.put(None)
