@@ -574,42 +574,74 @@ def _finish(session: Session, stored: Stored, result: UpdateResult, now: str) ->
 
 def _store(session: Session, stored: Stored) -> None:
     """Write the edited document; refresh the index rows of what changed."""
+    _store_many(session, [stored])
+
+
+def _store_many(session: Session, batch: list[Stored]) -> None:
+    """Write edited documents of one commune (each entity once), each kind of
+    statement once for the whole batch; refresh the index rows of what changed."""
+    if not batch:
+        return
     raw = RawCursor(session)
+    commune_id = batch[0].commune_id
     with raw.pipeline():
-        _write_stored(raw, stored)
+        raw.executemany(
+            f"UPDATE hub_entities SET document = {raw.json_mark} WHERE pk = ?",
+            [(orjson.dumps(stored.document).decode(), stored.pk) for stored in batch],
+        )
+        rows, deletions = IndexRows(), Deletions()
+        changes, updates = [], []
+        for stored in batch:
+            values = _value_snapshot(stored.document)
+            changed = _index_changes(rows, deletions, stored, values)
+            changes.extend(history.changes_of_update(stored.document, changed))
+            updates.append((stored, values, changed))
+        deletions.run(raw)
+        rows.write(raw)
+        history.record(raw, commune_id, changes)
+        for stored, values, changed in updates:
+            subscriptions.entity_updated(raw, commune_id, stored.document, stored.values, changed)
+            stored.types = tuple(stored.document["type"])
+            stored.geometry = orjson.dumps(_geometries(stored.document))
+            stored.values = values
 
 
-def _write_stored(raw: RawCursor, stored: Stored) -> None:
+class Deletions(dict):
+    """Index rows to delete, gathered as statement → parameters (run by executemany)."""
+
+    def add(self, sql: str, params: tuple[Any, ...]) -> None:
+        self.setdefault(sql, []).append(params)
+
+    def run(self, raw: RawCursor) -> None:
+        for sql, params in self.items():
+            raw.executemany(sql, params)
+
+
+def _index_changes(
+    rows: IndexRows, deletions: Deletions, stored: Stored, values: dict[str, bytes]
+) -> list[str]:
+    """Gather the index rows to delete and insert for an edited entity; answer the
+    attributes whose values changed."""
     document, pk, commune_id = stored.document, stored.pk, stored.commune_id
-    raw.execute(
-        f"UPDATE hub_entities SET document = {raw.json_mark} WHERE pk = ?",
-        (orjson.dumps(document).decode(), pk),
-    )
-    rows = IndexRows()
     if tuple(document["type"]) != stored.types:
-        raw.execute("DELETE FROM hub_entity_types WHERE entity_pk = ?", (pk,))
+        deletions.add("DELETE FROM hub_entity_types WHERE entity_pk = ?", (pk,))
         rows.add_types(pk, commune_id, document)
-    geometry = orjson.dumps(_geometries(document))
-    if geometry != stored.geometry:
-        raw.execute("DELETE FROM hub_geometries WHERE entity_pk = ?", (pk,))
+    if orjson.dumps(_geometries(document)) != stored.geometry:
+        deletions.add("DELETE FROM hub_geometries WHERE entity_pk = ?", (pk,))
         rows.add_geometries(pk, commune_id, document)
-    values = _value_snapshot(document)
     changed = [
         iri
         for iri in values.keys() | stored.values.keys()
         if values.get(iri) != stored.values.get(iri)
     ]
     if changed:
-        _refresh_values(raw, rows, stored, changed)
-    rows.write(raw)
-    history.record(raw, commune_id, history.changes_of_update(document, changed))
-    subscriptions.entity_updated(raw, commune_id, document, stored.values, changed)
-    stored.types = tuple(document["type"])
-    stored.geometry = geometry
-    stored.values = values
+        _refresh_values(rows, deletions, stored, changed)
+    return changed
 
 
-def _refresh_values(raw: RawCursor, rows: IndexRows, stored: Stored, changed: list[str]) -> None:
+def _refresh_values(
+    rows: IndexRows, deletions: Deletions, stored: Stored, changed: list[str]
+) -> None:
     """Value index rows of the changed attributes, rewritten only in the table (numbers,
     texts) where they differ: a new temperature touches numbers only, a repeated value
     nothing at all."""
@@ -626,7 +658,7 @@ def _refresh_values(raw: RawCursor, rows: IndexRows, stored: Stored, changed: li
             continue
         iris = list(dict.fromkeys(row[1] for row in (*old, *new)))
         marks = ",".join("?" * len(iris))
-        raw.execute(
+        deletions.add(
             f"DELETE FROM {index_table} WHERE entity_pk = ? AND attribute_iri IN ({marks})",
             (pk, *iris),
         )
@@ -826,6 +858,7 @@ def upsert_entities(
     result = BatchResult()
     existing = _load_many(session, commune_id, (e["id"] for e in entities))
     now = now_iso()
+    pending = PendingStores()
     fresh: dict[str, dict[str, Any]] = {}
     for entity in entities:
         stored = existing.get(entity["id"])
@@ -835,11 +868,30 @@ def upsert_entities(
         elif stored is None:
             _apply_update(fresh[entity["id"]], entity, now, replace=replace)
         else:
+            pending.add(session, stored)
             _apply_update(stored.document, entity, now, replace=replace)
-            _store(session, stored)
         result.success.append(entity["id"])
+    pending.flush(session)
     _insert_new(session, commune_id, list(fresh.values()))
     return result
+
+
+class PendingStores:
+    """Entities of a batch edited and not yet written. An entity edited twice in one
+    batch has the first edit written before the second, so that its history keeps both."""
+
+    def __init__(self) -> None:
+        self.batch: dict[int, Stored] = {}
+
+    def add(self, session: Session, stored: Stored) -> None:
+        """Call before editing ``stored``."""
+        if stored.pk in self.batch:
+            self.flush(session)
+        self.batch[stored.pk] = stored
+
+    def flush(self, session: Session) -> None:
+        _store_many(session, list(self.batch.values()))
+        self.batch.clear()
 
 
 def _apply_update(document: dict[str, Any], entity: dict[str, Any], now: str, *, replace: bool):
@@ -868,6 +920,7 @@ def update_entities(
     result = BatchResult()
     existing = _load_many(session, commune_id, (e["id"] for e in entities))
     now = now_iso()
+    pending = PendingStores()
     for entity in entities:
         stored = existing.get(entity["id"])
         if stored is None:
@@ -877,9 +930,10 @@ def update_entities(
             entity = {
                 k: v for k, v in entity.items() if k not in stored.document or k in ENTITY_KEYS
             }
+        pending.add(session, stored)
         _apply_update(stored.document, entity, now, replace=False)
-        _store(session, stored)
         result.success.append(entity["id"])
+    pending.flush(session)
     return result
 
 

@@ -300,3 +300,22 @@ def test_history_lands_in_monthly_partitions_on_postgresql(hub, db):
     assert counts["hub_temporal_instances_y2026m11"] >= 3  # and status, stamped now
     assert sum(counts.values()) == 7
     assert counts["hub_temporal_instances_default"] == 0
+
+
+def test_an_entity_updated_twice_in_one_batch_keeps_both_readings(hub):
+    make_sensor(hub)
+    other = {"id": "urn:ngsi-ld:Sensor:t2", "type": "Sensor", **reading(1, "2026-11-01T00:00:00Z")}
+    assert hub.create(other).status_code == 201
+    batch = [
+        {"id": SENSOR, "type": "Sensor", **reading(20, "2026-11-02T00:00:00Z")},
+        {"id": "urn:ngsi-ld:Sensor:t2", "type": "Sensor", **reading(2, "2026-11-02T00:00:00Z")},
+        {"id": SENSOR, "type": "Sensor", **reading(21, "2026-11-02T01:00:00Z")},
+    ]
+    response = hub.request("POST", "/entityOperations/upsert", batch, params={"options": "update"})
+    assert response.status_code in (200, 204), response.text
+    values = hub.get(f"/temporal/entities/{SENSOR}", params={"attrs": "temperature"}).json()
+    assert [i["value"] for i in values["temperature"]] == [10, 11, 12.5, 20, 21]
+    current = hub.get(f"/entities/{SENSOR}").json()
+    assert current["temperature"]["value"] == 21
+    found = hub.get("/entities", params={"type": "Sensor", "q": "temperature==21"}).json()
+    assert [e["id"] for e in found] == [SENSOR]
