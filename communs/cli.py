@@ -38,9 +38,13 @@ app.add_typer(apikey_app, name="apikey")
 hub_retention_app = typer.Typer(
     help="How long each commune keeps the history of its entities.", no_args_is_help=True
 )
+hub_mapping_app = typer.Typer(
+    help="Device mappings: how a simple MQTT payload becomes one attribute.", no_args_is_help=True
+)
 app.add_typer(hub_app, name="hub")
 hub_app.add_typer(hub_context_app, name="context")
 hub_app.add_typer(hub_retention_app, name="retention")
+hub_app.add_typer(hub_mapping_app, name="mapping")
 
 console = Console(stderr=True)
 out = Console()
@@ -462,6 +466,94 @@ def hub_retention_remove(
     if not db.write(history.remove_retention, commune_id, _type_iri(entity_type)):
         _fail(ValueError(_("Aucune règle de conservation pour ce type.")))
     out.print(f"- {commune} {entity_type or '*'}", markup=False, highlight=False)
+
+
+@hub_mapping_app.command("set")
+def hub_mapping_set(
+    commune: Annotated[str, typer.Argument(help="Commune slug.")],
+    entity_type: Annotated[str, typer.Argument(help="Entity type, as in the MQTT topic.")],
+    attribute: Annotated[str, typer.Argument(help="Attribute the value goes to (name or IRI).")],
+    value_key: Annotated[str, typer.Option(help="Key of the value in the payload.")] = "v",
+    time_key: Annotated[str, typer.Option(help="Key of the observation time ('' for none).")] = "t",
+    unit_code: Annotated[str | None, typer.Option(help="UN/CEFACT unit code, e.g. CEL.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Map simple payloads such as {"v": 23.5, "t": "…"} of one entity type to ATTRIBUTE."""
+    from communs.hub import devices
+
+    _settings, db = _open(data_dir)
+    commune_id = _commune(db, commune).id
+    mapping = devices.DeviceMapping(entity_type, attribute, value_key, time_key or None, unit_code)
+    try:
+        db.write(devices.set_mapping, commune_id, mapping)
+    except InvalidInput as error:
+        _fail(error)
+    out.print(f"{commune} {entity_type} -> {attribute}", markup=False, highlight=False)
+
+
+@hub_mapping_app.command("list")
+def hub_mapping_list(
+    commune: Annotated[str, typer.Argument(help="Commune slug.")], data_dir: DataDir = None
+) -> None:
+    """The device mappings of a commune."""
+    from communs.hub import devices
+
+    _settings, db = _open(data_dir)
+    commune_id = _commune(db, commune).id
+    table = Table("type", "attribute", "value key", "time key", "unit code")
+    with db.read() as session:
+        for mapping in devices.list_mappings(session, commune_id):
+            table.add_row(
+                escape(mapping.entity_type),
+                escape(mapping.attribute),
+                escape(mapping.value_key),
+                escape(mapping.time_key or "-"),
+                escape(mapping.unit_code or "-"),
+            )
+    out.print(table)
+
+
+@hub_mapping_app.command("remove")
+def hub_mapping_remove(
+    commune: Annotated[str, typer.Argument(help="Commune slug.")],
+    entity_type: Annotated[str, typer.Argument(help="Entity type, as in the MQTT topic.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Forget the device mapping of an entity type."""
+    from communs.hub import devices
+
+    _settings, db = _open(data_dir)
+    commune_id = _commune(db, commune).id
+    if not db.write(devices.remove_mapping, commune_id, entity_type):
+        _fail(ValueError(_("Aucune correspondance pour ce type.")))
+    out.print(f"- {commune} {entity_type}", markup=False, highlight=False)
+
+
+@hub_app.command("rejections")
+def hub_rejections(
+    commune: Annotated[
+        str | None,
+        typer.Argument(help="Commune slug; without it, messages for no known commune."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, newest first.")] = 50,
+    data_dir: DataDir = None,
+) -> None:
+    """MQTT messages the hub could not store (dead letters), with the reason."""
+    from communs.hub import devices
+
+    _settings, db = _open(data_dir)
+    commune_id = _commune(db, commune).id if commune else None
+    table = Table("received", "topic", "reason", "payload")
+    with db.read() as session:
+        for row in devices.list_rejections(session, commune_id, limit):
+            payload = row.payload if len(row.payload) <= 200 else row.payload[:199] + "…"
+            table.add_row(
+                row.received_at.isoformat(timespec="seconds"),
+                escape(row.topic),
+                escape(row.reason),
+                escape(payload),
+            )
+    out.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -102,7 +102,9 @@ def database(url: str | None, folder: Path, stem: str = "bench"):
 
 
 @contextmanager
-def communs_server(database_url: str, folder: Path):
+def communs_server(database_url: str, folder: Path, env: dict[str, str] | None = None):
+    """``communs serve`` on a fresh commune ``bench`` with an API key; ``env`` adds
+    COMMUNS_ variables (the MQTT broker of bench_ingest.py)."""
     migrate.upgrade(database_url)
     db = Database(database_url)
     commune = db.write(
@@ -121,6 +123,7 @@ def communs_server(database_url: str, folder: Path):
         "COMMUNS_DATABASE_URL": database_url,
         "COMMUNS_HUB_DEFAULT_TENANT": TENANT,
         "COMMUNS_SECRET_KEY": "bench",
+        **(env or {}),
     }
     log = open(folder / "serve.log", "ab")  # noqa: SIM115 - closed with the server
     process = subprocess.Popen(

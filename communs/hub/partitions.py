@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.orm import Session
 
 PARENT = "hub_temporal_instances"
@@ -63,7 +63,10 @@ def ensure_partitions(session: Session, observed: Iterable[int]) -> None:
     with _LOCK:
         known = _KNOWN.setdefault(engine, set())
         if not known:
-            known.update(_existing(session))
+            # On a connection of its own: the session's may be in a psycopg pipeline (an
+            # update's history is recorded inside one), where a SELECT returns no rows.
+            with engine.connect() as connection:
+                known.update(_existing(connection))
         missing = {month_of(micros) for micros in observed} - known
     for year, month in sorted(missing):
         session.execute(text(create_partition_sql(year, month)))
@@ -71,8 +74,8 @@ def ensure_partitions(session: Session, observed: Iterable[int]) -> None:
         session.info.setdefault("hub_partitions", set()).update(missing)
 
 
-def _existing(session: Session) -> set[tuple[int, int]]:
-    rows = session.execute(
+def _existing(connection: Connection) -> set[tuple[int, int]]:
+    rows = connection.execute(
         text(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = :parent"
