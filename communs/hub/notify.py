@@ -71,18 +71,12 @@ NOTIFICATIONS = HubNotification.__table__
 
 
 @dataclass
-class Row:
-    id: int
-    commune_id: int
-    subscription_pk: int
-    endpoint: str
-    notification_id: str
-    entity_id: str
-    payload: dict[str, Any]
-    not_before: float  # seconds since the epoch
-    attempts: int
-    retry_at: float = 0.0
-    held_back: bool = False
+class Row(subscriptions.Written):
+    """An outbox row in a queue, with its delivery state."""
+
+    attempts: int = 0
+    retry_at: float = 0.0  # seconds since the epoch
+    held_back: bool = False  # a throttled notification, not due when it was written
 
     @property
     def key(self) -> tuple[int, str]:
@@ -90,7 +84,7 @@ class Row:
 
     @property
     def due(self) -> float:
-        return max(self.not_before, self.retry_at)
+        return max(self.not_before / 1_000_000, self.retry_at)
 
 
 @dataclass
@@ -241,26 +235,12 @@ class Notifier:
         """Rows just committed by this process: queued without reading them back."""
         if subscriptions_changed:
             self.targets.clear()
-        now = time.time()
-        fresh = []
-        for written in rows:
-            if written.id <= self.high_water:
-                continue  # already read from the table (and perhaps delivered)
-            not_before = written.not_before / 1_000_000
-            fresh.append(
-                Row(
-                    id=written.id,
-                    commune_id=written.commune_id,
-                    subscription_pk=written.subscription_pk,
-                    endpoint=written.endpoint,
-                    notification_id=written.notification_id,
-                    entity_id=written.entity_id,
-                    payload=written.payload,
-                    not_before=not_before,
-                    attempts=0,
-                    held_back=not_before > now,
-                )
-            )
+        now_micros = time.time_ns() // 1000
+        fresh = [
+            Row(**vars(written), held_back=written.not_before > now_micros)
+            for written in rows
+            if written.id > self.high_water  # else already read from the table
+        ]
         if fresh:
             self.high_water = max(self.high_water, max(row.id for row in fresh))
             self._dispatch(fresh)
@@ -313,7 +293,7 @@ class Notifier:
                 notification_id=r[4],
                 entity_id=r[5],
                 payload=r[6] if isinstance(r[6], dict) else orjson.loads(r[6]),
-                not_before=r[7] / 1_000_000,
+                not_before=r[7],
                 attempts=r[8],
                 retry_at=time.time() + self._backoff(r[8]) if r[8] else 0.0,
                 held_back=r[7] / 1_000_000 > time.time(),
@@ -566,7 +546,7 @@ class Notifier:
             if "timeInterval" not in document["wire"]:
                 continue
             watch = subscriptions.compile_watch(
-                pk, document, active, subscriptions._micros_of(expires)
+                pk, document, active, subscriptions.micros_of(expires)
             )
             if watch.live(now):
                 found.append((pk, commune_id, watch))
@@ -705,7 +685,7 @@ def _periodic_notification(session: Session, commune_id: int, watch: subscriptio
     if not documents:
         return
     now = time.time_ns() // 1000
-    entities = [subscriptions._notified(watch, d) for d in documents]
+    entities = [subscriptions.notified_entity(watch, d) for d in documents]
     subscriptions.insert_notification(
         RawCursor(session), commune_id, watch.pk, watch.endpoint, entities, "", now, now
     )

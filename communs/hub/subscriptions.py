@@ -592,7 +592,7 @@ class WatchCache:
         for pk, document, active, expires in cursor.fetchall():
             if isinstance(document, str | bytes):
                 document = orjson.loads(document)
-            watches.append(compile_watch(pk, document, bool(active), _micros_of(expires)))
+            watches.append(compile_watch(pk, document, bool(active), micros_of(expires)))
         now = _now_micros()
         reacting = [w for w in watches if w.interval is None and w.live(now)]
         entry = _Commune(time.monotonic(), reacting)
@@ -609,7 +609,7 @@ class WatchCache:
 CACHE = WatchCache()
 
 
-def _micros_of(value: Any) -> int | None:
+def micros_of(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -747,7 +747,7 @@ _THROTTLES: dict[tuple[Any, int], _Throttle] = {}
 _THROTTLES_LOCK = threading.Lock()
 
 
-def _notified(watch: Watch, document: dict[str, Any]) -> dict[str, Any]:
+def notified_entity(watch: Watch, document: dict[str, Any]) -> dict[str, Any]:
     if watch.attributes is None:
         return document
     return {k: v for k, v in document.items() if k in ENTITY_MEMBERS or k in watch.attributes}
@@ -770,7 +770,7 @@ OUTBOX_COLUMNS = (
 def _enqueue(
     raw: Any, commune_id: int, watch: Watch, document: dict[str, Any], trigger: str, now: int
 ) -> None:
-    entity = _notified(watch, document)
+    entity = notified_entity(watch, document)
     if watch.throttling > 0 and _held_back(raw, watch, entity, trigger, now):
         return
     not_before = now
