@@ -112,7 +112,14 @@ def parse_subscription(payload: Any, terms: TermMap) -> Parsed:
     derived = {key: _derive(key, wire[key], terms) for key in list(wire) if key in DERIVED}
     parsed = Parsed(wire, derived)
     check_whole(parsed)
+    _check_future(wire.get("expiresAt"))
     return parsed
+
+
+def _check_future(expires_at: Any) -> None:
+    """A subscription given an expiry must be given one still to come."""
+    if expires_at is not None and _expires_at({"expiresAt": expires_at}) <= utcnow():
+        raise BadRequestData(f"expiresAt is in the past: {expires_at}")
 
 
 def patch_subscription(current: Parsed, fragment: Any, terms: TermMap) -> Parsed:
@@ -135,6 +142,7 @@ def patch_subscription(current: Parsed, fragment: Any, terms: TermMap) -> Parsed
             derived[key] = _derive(key, value, terms)
     parsed = Parsed(wire, derived)
     check_whole(parsed)
+    _check_future(fragment.get("expiresAt"))
     return parsed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 import uuid
@@ -143,6 +144,9 @@ def test_subscription_crud_and_status(hub):
         ({"throttling": -1}, "throttling"),
         ({"colour": "blue"}, "unknown subscription member"),
         ({"notification": {"endpoint": {"uri": "http://h/n"}, "format": "xml"}}, "format"),
+        ({"id": "not a URI"}, "id must be a URI"),
+        ({"expiresAt": "2020-01-01T00:00:00Z"}, "expiresAt is in the past"),
+        ({"expiresAt": "tomorrow"}, "expiresAt"),
     ],
 )
 def test_invalid_subscriptions_are_refused_with_problem_details(hub, change, message):
@@ -304,8 +308,13 @@ def test_q_geo_and_id_pattern_select_entities(hub, webhook, notifier):
 
 def test_paused_and_expired_subscriptions_are_silent(hub, webhook, notifier):
     subscribe(hub, subscription(webhook.url, isActive=False))
-    expired = subscribe(hub, subscription(webhook.url, expiresAt="2020-01-01T00:00:00Z"))
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat()
+    expired = subscribe(hub, subscription(webhook.url, expiresAt=soon))
+    assert read(hub, f"/subscriptions/{expired}").json()["status"] == "active"
+    time.sleep(1.2)
     assert read(hub, f"/subscriptions/{expired}").json()["status"] == "expired"
+    late = hub.request("PATCH", f"/subscriptions/{expired}", {"expiresAt": soon})
+    assert late.status_code == 400 and "in the past" in late.json()["detail"]
     live = subscribe(hub, subscription(webhook.url, entities=[{"type": "Parking"}]))
     hub.create(streetlight(1))
     hub.create({"id": "urn:ngsi-ld:Parking:1", "type": "Parking"})
