@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -459,52 +460,78 @@ def test_a_consumer_killed_mid_batch_loses_no_acknowledged_message(
     }
     count, sensors = 20_000, 200
     engine = create_engine(database_url)
+    publisher = PausingPublisher(mqtt_url, prefix, count, sensors)
     try:
         with serve_process(database_url, _folder(tmp_path, "first"), env=env) as (process, _url):
             _wait_for_log(tmp_path / "first" / "server.log", "MQTT ingestion: connected")
-            acknowledged = _publish_fast(mqtt_url, prefix, count, sensors)
+            publisher.start()
             _wait_for(lambda: _stored(engine) > 0, "a first batch", tmp_path / "first")
+            # Publishing pauses (a chunk at most goes on: the broker keeps at most 1,000
+            # messages for a session away, by default), then the consumer dies mid-stream.
+            publisher.running.clear()
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
         stored_at_kill = _stored(engine)
         assert 0 < stored_at_kill < count, f"the kill did not land mid-stream ({stored_at_kill})"
         with serve_process(database_url, _folder(tmp_path, "second"), env=env):
+            _wait_for_log(tmp_path / "second" / "server.log", "MQTT ingestion: connected")
+            publisher.running.set()
+            publisher.join(TIMEOUT * 6)
             _wait_for(lambda: _stored(engine) >= count, "the redelivery", tmp_path / "second")
         with engine.connect() as connection:
             numbers = connection.execute(text("SELECT number FROM hub_temporal_instances"))
             values = set(numbers.scalars())
     finally:
+        publisher.running.set()
         engine.dispose()
-    assert len(acknowledged) == count
-    assert {float(n) for n in acknowledged} <= values
+    assert len(publisher.acknowledged) == count
+    assert {float(n) for n in publisher.acknowledged} <= values
+
+
+class PausingPublisher(threading.Thread):
+    """Publishes ``count`` QoS 1 readings in chunks, as fast as paho goes, pausing
+    between chunks while ``running`` is clear; ``acknowledged``: the sequence numbers
+    the broker acknowledged (PUBACK)."""
+
+    CHUNK = 400
+
+    def __init__(self, mqtt_url: str, prefix: str, count: int, sensors: int) -> None:
+        super().__init__(daemon=True)
+        self.mqtt_url, self.prefix, self.count, self.sensors = mqtt_url, prefix, count, sensors
+        self.running = threading.Event()
+        self.running.set()
+        self.acknowledged: list[int] = []
+
+    def run(self) -> None:
+        parts = urlsplit(self.mqtt_url)
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+        client.loop_start()
+        try:
+            for start in range(0, self.count, self.CHUNK):
+                self.running.wait()
+                infos = [
+                    (n, client.publish(self._topic(n), b'{"seq": %d}' % n, 1))
+                    for n in range(start, min(start + self.CHUNK, self.count))
+                ]
+                for n, info in infos:
+                    info.wait_for_publish(TIMEOUT)
+                    if info.is_published():
+                        self.acknowledged.append(n)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    def _topic(self, n: int) -> str:
+        return f"{self.prefix}/alpha/Sensor/s{n % self.sensors}"
 
 
 def _folder(tmp_path: Path, name: str) -> Path:
     folder = tmp_path / name
     folder.mkdir()
     return folder
-
-
-def _publish_fast(mqtt_url: str, prefix: str, count: int, sensors: int) -> list[int]:
-    """Publish ``count`` QoS 1 readings as fast as paho goes; the sequence numbers the
-    broker acknowledged (PUBACK)."""
-    parts = urlsplit(mqtt_url)
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-    client.max_inflight_messages_set(0)
-    client.max_queued_messages_set(0)
-    client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
-    client.loop_start()
-    try:
-        infos = [
-            (n, client.publish(f"{prefix}/alpha/Sensor/s{n % sensors}", b'{"seq": %d}' % n, 1))
-            for n in range(count)
-        ]
-        for _n, info in infos:
-            info.wait_for_publish(TIMEOUT)
-        return [n for n, info in infos if info.is_published()]
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def _stored(engine) -> int:
