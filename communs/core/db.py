@@ -26,7 +26,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 T = TypeVar("T")
-CHECKPOINT_SECONDS = 1.0
+CHECKPOINT_SECONDS = 0.25
+WRITER_CHECKPOINT_PAGES = 10_000
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -86,7 +87,10 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
         if writer:
             # Checkpoints run in a thread of their own (Database._checkpoints), not in the
             # commit that happens to fill the WAL: that commit would wait for the copy.
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
+            # Under a long bulk load that thread cannot catch up with the writer (the WAL
+            # only starts over once a checkpoint has copied all of it), so past 40 MB the
+            # writer checkpoints itself, as SQLite does by default past 4 MB.
+            cursor.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -272,7 +276,7 @@ class Database:
             return self._writer
 
     def _checkpoints(self) -> None:
-        """Copy the WAL back into the database file every second, without blocking
+        """Copy the WAL back into the database file several times a second, without blocking
         writers or readers (PASSIVE), so that the WAL stays small."""
         while not self._closing.wait(CHECKPOINT_SECONDS):
             try:
