@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,13 +104,21 @@ class RawCursor:
         self.sqlite = connection.dialect.name == "sqlite"
         self.cursor = connection.connection.driver_connection.cursor()
         self.json_mark = "?" if self.sqlite else "CAST(? AS jsonb)"
+        self.pipelined = False  # COPY cannot run in a pipeline
 
-    def pipeline(self) -> Any:
+    @contextlib.contextmanager
+    def pipeline(self) -> Iterator[None]:
         """On PostgreSQL, statements are sent without waiting for each answer (one
         network round trip for a run of writes); a no-op on SQLite."""
-        if self.sqlite:
-            return contextlib.nullcontext()
-        return self.cursor.connection.pipeline()
+        if self.sqlite or self.pipelined:
+            yield
+            return
+        with self.cursor.connection.pipeline():
+            self.pipelined = True
+            try:
+                yield
+            finally:
+                self.pipelined = False
 
     def _sql(self, sql: str) -> str:
         return sql if self.sqlite else sql.replace("?", "%s")
@@ -135,7 +143,7 @@ class RawCursor:
         if not rows:
             return
         names = ", ".join(columns)
-        if not self.sqlite and len(rows) >= COPY_THRESHOLD:
+        if not self.sqlite and not self.pipelined and len(rows) >= COPY_THRESHOLD:
             with self.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)

@@ -319,3 +319,27 @@ def test_an_entity_updated_twice_in_one_batch_keeps_both_readings(hub):
     assert current["temperature"]["value"] == 21
     found = hub.get("/entities", params={"type": "Sensor", "q": "temperature==21"}).json()
     assert [e["id"] for e in found] == [SENSOR]
+
+
+def test_a_large_batch_update_of_existing_entities_is_stored_and_recorded(hub):
+    """Many index and history rows in one batch (bulk paths, pipelined on PostgreSQL)."""
+    sensors = [
+        {"id": f"urn:ngsi-ld:Sensor:b{n}", "type": "Sensor", **reading(n, "2026-11-01T00:00:00Z")}
+        for n in range(60)
+    ]
+    assert hub.request("POST", "/entityOperations/create", sensors).status_code == 201
+    for sensor in sensors:
+        sensor["temperature"]["value"] += 1000
+        sensor["temperature"]["observedAt"] = "2026-11-02T00:00:00Z"
+    response = hub.request(
+        "POST", "/entityOperations/upsert", sensors, params={"options": "update"}
+    )
+    assert response.status_code in (200, 204), response.text
+    found = hub.get(
+        "/entities", params={"type": "Sensor", "q": "temperature>=1000", "limit": "100"}
+    )
+    assert len(found.json()) == 60
+    history = hub.get(
+        "/temporal/entities/urn:ngsi-ld:Sensor:b7", params={"attrs": "temperature"}
+    ).json()
+    assert [i["value"] for i in history["temperature"]] == [7, 1007]
