@@ -592,7 +592,10 @@ def _store_many(session: Session, batch: list[Stored]) -> None:
         return
     raw = RawCursor(session)
     commune_id = batch[0].commune_id
-    with raw.pipeline():
+    # One entity: a pipeline saves a round trip per statement. Several: statements are
+    # already one per kind (executemany, COPY), and psycopg cannot mix a pipeline's
+    # executemany with the reads that history makes.
+    with raw.pipeline() if len(batch) == 1 else contextlib.nullcontext():
         raw.executemany(
             f"UPDATE hub_entities SET document = {raw.json_mark} WHERE pk = ?",
             [(orjson.dumps(stored.document).decode(), stored.pk) for stored in batch],
