@@ -625,7 +625,10 @@ class Deletions(dict):
 
     def run(self, raw: RawCursor) -> None:
         for sql, params in self.items():
-            raw.executemany(sql, params)
+            if len(params) == 1:  # one entity's edit: a plain statement (pipelined)
+                raw.execute(sql, params[0])
+            else:
+                raw.executemany(sql, params)
 
 
 def _index_changes(
