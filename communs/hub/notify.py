@@ -67,8 +67,6 @@ SUBSCRIPTION_TTL = 30.0  # changes made in this process apply at once
 CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 JSON_LD = "application/ld+json"
 
-NOTIFICATIONS = HubNotification.__table__
-
 
 @dataclass
 class Row(subscriptions.Written):
@@ -179,8 +177,6 @@ class Notifier:
         self.plain = PlainHttp()
         self.periodic: list[tuple[int, int, subscriptions.Watch]] = []
         self.periodic_due: dict[int, float] = {}
-        self.delivered_count = 0
-        self.failed_count = 0
 
     # ------------------------------------------------------------ main loop
 
@@ -386,7 +382,6 @@ class Notifier:
         outcomes.failed.pop(row.id, None)
         outcomes.sent[row.subscription_pk] = outcomes.sent.get(row.subscription_pk, 0) + 1
         outcomes.last_success[row.subscription_pk] = utcnow()
-        self.delivered_count += 1
 
     def _failed(self, row: Row, target: Target, error: Exception) -> None:
         row.attempts += 1
@@ -396,7 +391,6 @@ class Notifier:
         outcomes.failed[row.id] = (row.attempts, reason)
         outcomes.failures[row.subscription_pk] = outcomes.failures.get(row.subscription_pk, 0) + 1
         outcomes.last_failure[row.subscription_pk] = utcnow()
-        self.failed_count += 1
         log.warning(
             "notification %s of %s to %s failed (attempt %s): %s",
             row.notification_id,

@@ -604,16 +604,17 @@ def _store_many(session: Session, batch: list[Stored]) -> None:
         changes, updates = [], []
         for stored in batch:
             values = _value_snapshot(stored.document)
-            changed = _index_changes(rows, deletions, stored, values)
+            geometry = orjson.dumps(_geometries(stored.document))
+            changed = _index_changes(rows, deletions, stored, values, geometry)
             changes.extend(history.changes_of_update(stored.document, changed))
-            updates.append((stored, values, changed))
+            updates.append((stored, values, geometry, changed))
         deletions.run(raw)
         rows.write(raw)
         history.record(raw, commune_id, changes)
-        for stored, values, changed in updates:
+        for stored, values, geometry, changed in updates:
             subscriptions.entity_updated(raw, commune_id, stored.document, stored.values, changed)
             stored.types = tuple(stored.document["type"])
-            stored.geometry = orjson.dumps(_geometries(stored.document))
+            stored.geometry = geometry
             stored.values = values
 
 
@@ -632,7 +633,11 @@ class Deletions(dict):
 
 
 def _index_changes(
-    rows: IndexRows, deletions: Deletions, stored: Stored, values: dict[str, bytes]
+    rows: IndexRows,
+    deletions: Deletions,
+    stored: Stored,
+    values: dict[str, bytes],
+    geometry: bytes,
 ) -> list[str]:
     """Gather the index rows to delete and insert for an edited entity; answer the
     attributes whose values changed."""
@@ -640,7 +645,7 @@ def _index_changes(
     if tuple(document["type"]) != stored.types:
         deletions.add("DELETE FROM hub_entity_types WHERE entity_pk = ?", (pk,))
         rows.add_types(pk, commune_id, document)
-    if orjson.dumps(_geometries(document)) != stored.geometry:
+    if geometry != stored.geometry:
         deletions.add("DELETE FROM hub_geometries WHERE entity_pk = ?", (pk,))
         rows.add_geometries(pk, commune_id, document)
     changed = [

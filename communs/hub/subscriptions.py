@@ -33,7 +33,7 @@ from communs.hub.document import attribute_iris, check_datetime, check_name, che
 from communs.hub.errors import AlreadyExists, BadRequestData, ResourceNotFound
 from communs.hub.geoquery import GeoQuery, GeoQuerySyntaxError, parse_geoquery
 from communs.hub.history import to_micros
-from communs.hub.models import HubNotification, HubSubscription
+from communs.hub.models import HubSubscription
 from communs.hub.query import FORMATS, parse_type_selection
 from communs.hub.query_language import (
     Query,
@@ -634,13 +634,6 @@ def _now_micros() -> int:
 # ---------------------------------------------------------------- matching changes
 
 
-@dataclass
-class Pending:
-    """Notifications decided in this unit of work, written at its end."""
-
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-
-
 def entities_created(raw: Any, commune_id: int, documents: Iterable[dict[str, Any]]) -> None:
     commune = CACHE.reacting(raw, commune_id)
     if commune is None:
@@ -785,7 +778,7 @@ def _enqueue(
     if watch.throttling > 0:
         throttle = _throttle(raw, watch)
         not_before = max(now, throttle.next_allowed)
-        throttle.next_allowed = not_before + int(watch.throttling * 1_000_000)
+        throttle.next_allowed = not_before + _period(watch)
     row_id = insert_notification(
         raw, commune_id, watch.pk, watch.endpoint, [entity], trigger, now, not_before
     )
@@ -911,6 +904,3 @@ def _tell_listeners(session: Session) -> None:
 def _forget_rolled_back(session: Session) -> None:
     session.info.pop("hub_notifications", None)
     session.info.pop("hub_subscriptions_changed", None)
-
-
-__all__ = ["HubNotification", "Watch", "compile_watch", "create", "get", "listing"]
