@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, bindparam, cast, delete, event, select
+from sqlalchemy import Text, bindparam, cast, delete, event, func, literal, null, select
 from sqlalchemy.orm import Session
 
 from communs.core.db import utcnow
@@ -424,17 +424,10 @@ def histories(
     """Per temporal entity: recorded instances in [start, end), oldest first (the last
     ``last_n`` per series when given), at most ``page_size`` per series."""
     owners = {entity.id: entity for entity in entities}
-    series: dict[int, tuple[int, str]] = {}
-    for chunk in _chunks(list(owners)):
-        statement = select(SERIES.c.id, SERIES.c.temporal_entity_id, SERIES.c.attribute_iri).where(
-            SERIES.c.temporal_entity_id.in_(chunk)
-        )
-        if attributes is not None:
-            statement = statement.where(SERIES.c.attribute_iri.in_(attributes))
-        series.update(
-            (row.id, (row.temporal_entity_id, row.attribute_iri))
-            for row in session.execute(statement)
-        )
+    series = {
+        key: (owner, iri)
+        for key, (owner, iri, _dataset) in _series_of(session, owners, attributes).items()
+    }
     time = INSTANCES.c.created_at if by_modification else INSTANCES.c.observed_at
     newest_first = last_n is not None
     # One query per series: each is a range scan of the (series, time) index that stops
@@ -472,6 +465,103 @@ def histories(
             (row[moment], row.id, _instance(row, times, values_only)) for row in rows
         )
     return {owner: _page(by_iri, until.get(owner)) for owner, by_iri in timed.items()}
+
+
+def _series_of(
+    session: Any, owners: Iterable[int], attributes: frozenset[str] | None
+) -> dict[int, tuple[int, str, str]]:
+    """The series of these temporal entities: id → (owner, attribute IRI, datasetId)."""
+    series: dict[int, tuple[int, str, str]] = {}
+    for chunk in _chunks(list(owners)):
+        statement = select(
+            SERIES.c.id, SERIES.c.temporal_entity_id, SERIES.c.attribute_iri, SERIES.c.dataset_id
+        ).where(SERIES.c.temporal_entity_id.in_(chunk))
+        if attributes is not None:
+            statement = statement.where(SERIES.c.attribute_iri.in_(attributes))
+        series.update(
+            (row.id, (row.temporal_entity_id, row.attribute_iri, row.dataset_id))
+            for row in session.execute(statement)
+        )
+    return series
+
+
+@dataclass(frozen=True)
+class PeriodFigures:
+    """What the database computed over one aggregation period of one series: the
+    period's number from the origin, its instance count, the number aggregates, and the
+    times (microseconds) of its first and last instance."""
+
+    index: int
+    count: int
+    distinct: int | None
+    total: float
+    smallest: float
+    largest: float
+    squares: float
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class SeriesFigures:
+    dataset_id: str
+    periods: list[PeriodFigures]
+
+
+def number_aggregates(
+    session: Any,
+    entities: list[TemporalEntity],
+    *,
+    attributes: frozenset[str] | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    period: int | None,
+    distinct: bool,
+) -> dict[int, dict[str, list[SeriesFigures]]] | None:
+    """Per temporal entity and attribute IRI: the figures of each non-empty period of
+    ``period`` microseconds from ``start`` (one period over everything when ``period``
+    is None), grouped by the database over the (series, time) index: no instance is
+    read into Python. None when an instance in range holds anything but a number (the
+    caller aggregates the instances themselves, as the rules for other types ask)."""
+    if period is not None and start is None:
+        raise ValueError("periods are counted from a start")
+    owners = {entity.id for entity in entities}
+    series = _series_of(session, owners, attributes)
+    time, number = INSTANCES.c.observed_at, INSTANCES.c.number
+    bucket = (time - _micros(start)) // period if period and start else literal(0)
+    columns = [
+        INSTANCES.c.series_id,
+        bucket.label("bucket"),
+        func.count().label("count"),
+        func.count(number).label("numbers"),
+        func.count(number.distinct()).label("distinct") if distinct else null(),
+        func.sum(number),
+        func.min(number),
+        func.max(number),
+        func.sum(number * number),
+        func.min(time),
+        func.max(time),
+    ]
+    figures: dict[int, dict[str, dict[str, list[PeriodFigures]]]] = {o: {} for o in owners}
+    for chunk in _chunks(list(series)):
+        statement = select(*columns).where(INSTANCES.c.series_id.in_(chunk))
+        if start is not None:
+            statement = statement.where(time >= _micros(start))
+        if end is not None:
+            statement = statement.where(time < _micros(end))
+        for row in session.execute(statement.group_by(INSTANCES.c.series_id, bucket)):
+            if row.count != row.numbers:
+                return None
+            owner, iri, dataset_id = series[row.series_id]
+            periods = figures[owner].setdefault(iri, {}).setdefault(dataset_id, [])
+            periods.append(PeriodFigures(int(row.bucket), row.count, *row[4:]))
+    return {
+        owner: {
+            iri: [SeriesFigures(d, sorted(p, key=lambda f: f.index)) for d, p in by_dataset.items()]
+            for iri, by_dataset in by_iri.items()
+        }
+        for owner, by_iri in figures.items()
+    }
 
 
 def _page(

@@ -46,6 +46,7 @@ from communs.hub.document import (
     _render_instance,
 )
 from communs.hub.errors import BadRequestData
+from communs.hub.history import EPOCH, PeriodFigures, SeriesFigures
 from communs.hub.query import split_list
 
 TIMERELS = ("before", "after", "between")
@@ -478,6 +479,85 @@ def _aggregated(
             for start, end, values in buckets
         ]
     return out
+
+
+def database_period(query: TemporalQuery) -> int | None | bool:
+    """How the database can aggregate ``query``: the period in microseconds, None for
+    one period over the whole range, False when it cannot (the instances themselves are
+    aggregated then): calendar periods, lastN, stddev (its stable algorithm needs every
+    value), system times, or a period without a start to count it from."""
+    if (
+        query.form != "aggregatedValues"
+        or query.time_property != "observedAt"
+        or query.last_n is not None
+        or "stddev" in query.aggr_methods
+    ):
+        return False
+    period = query.aggr_period
+    if period is None or period.approximate_seconds() <= 0:
+        return None
+    fixed = _fixed_length(period)
+    if fixed is None or query.bounds()[0] is None or fixed % dt.timedelta(microseconds=1):
+        return False
+    return fixed // dt.timedelta(microseconds=1)
+
+
+def render_number_aggregates(
+    series: list[SeriesFigures], query: TemporalQuery
+) -> list[dict[str, Any]] | dict[str, Any]:
+    """The aggregatedValues of one attribute from the database's figures (numbers
+    only, so every series is a Property); the same output as aggregating instances."""
+    series = sorted(series, key=lambda one: (one.periods[0].first, one.dataset_id))
+    start, end = query.bounds()
+    origin = start or _moment(min(one.periods[0].first for one in series))
+    inclusive = end is None
+    if inclusive:
+        end = _moment(max(one.periods[-1].last for one in series))
+    period = query.aggr_period if database_period(query) else None
+    rendered = []
+    for one in series:
+        out: dict[str, Any] = {"type": "Property"}
+        if one.dataset_id:
+            out["datasetId"] = one.dataset_id
+        limits = [_limits(origin, end, inclusive, period, f.index) for f in one.periods]
+        for method in query.aggr_methods:
+            out[method] = [
+                [_figure(method, figures), *limit]
+                for figures, limit in zip(one.periods, limits, strict=True)
+            ]
+        rendered.append(out)
+    return rendered[0] if len(rendered) == 1 else rendered
+
+
+def _moment(micros: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(microseconds=micros)
+
+
+def _limits(
+    origin: dt.datetime, end: dt.datetime, inclusive: bool, period: Period | None, index: int
+) -> tuple[str, str]:
+    if period is None:
+        return format_time(origin), format_time(end)
+    period_end = _shift(origin, period, index + 1)
+    if not inclusive:
+        period_end = min(period_end, end)
+    return format_time(_shift(origin, period, index)), format_time(period_end)
+
+
+def _figure(method: str, figures: PeriodFigures) -> int | float | None:
+    if method == "totalCount":
+        return figures.count
+    if method == "distinctCount":
+        return figures.distinct
+    if method == "avg":
+        return figures.total / figures.count
+    number = {
+        "sum": figures.total,
+        "min": figures.smallest,
+        "max": figures.largest,
+        "sumsq": figures.squares,
+    }[method]
+    return int(number) if float(number).is_integer() and abs(number) < 2**53 else number
 
 
 def _buckets(

@@ -34,7 +34,13 @@ from communs.hub.document import (
 from communs.hub.errors import BadRequestData, ResourceNotFound
 from communs.hub.query import parse_limit, split_list
 from communs.hub.service import RawCursor
-from communs.hub.temporal import TemporalQuery, parse_temporal_query, render_temporal_attribute
+from communs.hub.temporal import (
+    TemporalQuery,
+    database_period,
+    parse_temporal_query,
+    render_number_aggregates,
+    render_temporal_attribute,
+)
 
 MAX_INSTANCES = 10_000  # per attribute and datasetId in one response
 
@@ -246,6 +252,9 @@ def _temporal_bodies(
     lang: str | None,
     partial: list[tuple[int | None, int]],
 ) -> list[dict[str, Any]]:
+    aggregated = _number_aggregates(session, entities, query, attrs, terms)
+    if aggregated is not None:
+        return aggregated
     start, end = query.bounds()
     pages = history.histories(
         session,
@@ -263,17 +272,50 @@ def _temporal_bodies(
         page = pages[entity.id]
         if page.until is not None:
             partial.append((page.first, page.until))
-        types = [terms.compact(iri) for iri in entity.types]
-        body: dict[str, Any] = {
-            "id": entity.entity_id,
-            "type": types[0] if len(types) == 1 else types,
-        }
+        body = _temporal_head(entity, terms)
         for iri, instances in page.instances.items():
             rendered = render_temporal_attribute(instances, query, terms, lang=lang)
             if rendered:
                 body[terms.compact(iri)] = rendered
         bodies.append(body)
     return bodies
+
+
+def _number_aggregates(
+    session: Any,
+    entities: list[history.TemporalEntity],
+    query: TemporalQuery,
+    attrs: frozenset[str] | None,
+    terms: TermMap,
+) -> list[dict[str, Any]] | None:
+    """The bodies of an aggregation the database computes, None when it cannot."""
+    period = database_period(query)
+    if period is False:
+        return None
+    start, end = query.bounds()
+    figures = history.number_aggregates(
+        session,
+        entities,
+        attributes=attrs,
+        start=start,
+        end=end,
+        period=period,
+        distinct="distinctCount" in query.aggr_methods,
+    )
+    if figures is None:
+        return None
+    bodies = []
+    for entity in entities:
+        body = _temporal_head(entity, terms)
+        for iri, series in figures[entity.id].items():
+            body[terms.compact(iri)] = render_number_aggregates(series, query)
+        bodies.append(body)
+    return bodies
+
+
+def _temporal_head(entity: history.TemporalEntity, terms: TermMap) -> dict[str, Any]:
+    types = [terms.compact(iri) for iri in entity.types]
+    return {"id": entity.entity_id, "type": types[0] if len(types) == 1 else types}
 
 
 def _changes(payload: Any, terms: TermMap, *, types_expanded: bool = False) -> list[history.Change]:

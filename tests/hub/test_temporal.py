@@ -1,8 +1,12 @@
 """Temporal API: history recorded on every change, read back in the three forms."""
 
+import random
 import statistics
 
+import pytest
 from sqlalchemy import text
+
+from communs.hub import history
 
 SENSOR = "urn:ngsi-ld:Sensor:t1"
 
@@ -96,6 +100,117 @@ def test_provided_history_aggregates_by_day(hub):
     assert averages == [statistics.mean([1, 2, 3, 1]), statistics.mean([10, 20])]
     assert [entry[0] for entry in volume["max"]] == [3, 20]
     assert [entry[0] for entry in volume["totalCount"]] == [4, 2]
+
+
+NUMBER_METHODS = "totalCount,distinctCount,sum,avg,min,max,sumsq"
+
+
+def post_readings(hub, entity_id: str, series: dict[str | None, list[tuple[float, str]]]) -> None:
+    instances = [
+        {"type": "Property", "value": value, "observedAt": at}
+        | ({"datasetId": dataset} if dataset else {})
+        for dataset, readings in series.items()
+        for value, at in readings
+    ]
+    body = {"id": entity_id, "type": "Gauge", "level": instances}
+    assert hub.request("POST", "/temporal/entities", body).status_code in (201, 204)
+
+
+def aggregate(hub, entity_id: str, methods: str, **params) -> dict:
+    answer = hub.get(
+        f"/temporal/entities/{entity_id}",
+        params={"options": "aggregatedValues", "aggrMethods": methods} | params,
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()["level"]
+
+
+@pytest.fixture
+def database_aggregations(monkeypatch) -> list[bool]:
+    """Whether each aggregation was computed by the database (True) or fell back."""
+    seen: list[bool] = []
+    compute = history.number_aggregates
+
+    def observed(*args, **kwargs):
+        figures = compute(*args, **kwargs)
+        seen.append(figures is not None)
+        return figures
+
+    monkeypatch.setattr(history, "number_aggregates", observed)
+    return seen
+
+
+def same_figures(database: dict, instances: dict) -> None:
+    """The database's figures against those aggregated from the instances (which a
+    request with stddev always uses)."""
+    for method in NUMBER_METHODS.split(","):
+        assert len(database[method]) == len(instances[method]), method
+        for ours, theirs in zip(database[method], instances[method], strict=True):
+            assert ours[1:] == theirs[1:], method
+            assert ours[0] == pytest.approx(theirs[0], rel=1e-12), method
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"aggrPeriodDuration": "PT1H", "timerel": "after", "timeAt": "2026-05-01T00:00:00Z"},
+        {
+            "aggrPeriodDuration": "P1D",
+            "timerel": "between",
+            "timeAt": "2026-05-01T06:00:00Z",
+            "endTimeAt": "2026-05-03T07:30:00Z",
+        },
+        {"timerel": "before", "timeAt": "2026-05-02T12:00:00Z"},
+        {},
+        {"aggrPeriodDuration": "PT0S", "timerel": "after", "timeAt": "2026-05-02T00:00:00Z"},
+    ],
+)
+def test_number_aggregates_from_the_database_match_the_instances(
+    hub, params, database_aggregations
+):
+    rng = random.Random(7)
+    hours = range(0, 80, 3)
+    post_readings(
+        hub,
+        "urn:ngsi-ld:Gauge:1",
+        {
+            None: [
+                (rng.choice((1, 2, 2.5, -4)), f"2026-05-{1 + h // 24:02d}T{h % 24:02d}:10:00Z")
+                for h in hours
+            ],
+            "urn:ngsi-ld:Dataset:b": [
+                (rng.uniform(-50, 50), f"2026-05-{1 + h // 24:02d}T{h % 24:02d}:40:00Z")
+                for h in hours
+            ],
+        },
+    )
+    database = aggregate(hub, "urn:ngsi-ld:Gauge:1", NUMBER_METHODS, **params)
+    instances = aggregate(hub, "urn:ngsi-ld:Gauge:1", NUMBER_METHODS + ",stddev", **params)
+    assert database_aggregations == [True]  # stddev needs the instances
+    assert isinstance(database, list) and len(database) == 2
+    for ours, theirs in zip(database, instances, strict=True):
+        assert ours.get("datasetId") == theirs.get("datasetId")
+        same_figures(ours, theirs)
+    integers = database[0]
+    assert all(isinstance(entry[0], int) for entry in integers["totalCount"])
+
+
+def test_a_series_with_other_values_is_aggregated_from_its_instances(hub, database_aggregations):
+    post_readings(hub, "urn:ngsi-ld:Gauge:2", {None: [(3, "2026-05-01T00:00:00Z")]})
+    text_reading = {"type": "Property", "value": "faulty", "observedAt": "2026-05-01T01:00:00Z"}
+    body = {"id": "urn:ngsi-ld:Gauge:2", "type": "Gauge", "level": [text_reading]}
+    assert hub.request("POST", "/temporal/entities", body).status_code == 204
+    level = aggregate(
+        hub,
+        "urn:ngsi-ld:Gauge:2",
+        "totalCount,sum,max",
+        timerel="after",
+        timeAt="2026-04-30T00:00:00Z",
+    )
+    assert database_aggregations == [False]
+    assert [entry[0] for entry in level["totalCount"]] == [2]
+    assert [entry[0] for entry in level["sum"]] == [3]
+    assert [entry[0] for entry in level["max"]] == [3]
 
 
 def test_query_by_type_and_tenant_isolation(hub, hub_beta):
