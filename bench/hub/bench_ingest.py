@@ -205,7 +205,8 @@ def run_communs(args: argparse.Namespace, url: str, folder: Path) -> dict[str, f
     }
     rounds = args.messages // args.sensors
     with communs_server(url, folder, env) as (base, _key):
-        _map_device_payloads(url)
+        if args.payload == "device":  # the mapping would read the others as devices
+            _map_device_payloads(url)
         log = folder / "serve.log"
         wait_for(lambda: "MQTT ingestion: connected" in log.read_text(), "the subscription")
         publisher = Publisher(args.mqtt_url)

@@ -21,6 +21,11 @@ Where the specification leaves room:
   4.5.19.1-1 to -3: numbers as such, booleans as 1/0, arrays by their size (except for
   stddev and sumsq), strings only for min/max (by instant when all are date-times,
   else lexicographically); other attribute types only count.
+
+When every instance in range is a plain number, the database computes the aggregates
+(``history.number_aggregates``, ``render_number_aggregates``): one ``GROUP BY`` over
+the (series, time) index, no instance read into Python. Calendar periods (months,
+years), ``lastN``, ``stddev`` and system times aggregate the instances here instead.
 """
 
 from __future__ import annotations
