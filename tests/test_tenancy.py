@@ -20,6 +20,7 @@ POLICIES = {
     "commune_public",
     "ngsild_read",
     "ngsild_write",
+    "open311",
 }
 
 

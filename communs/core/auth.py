@@ -113,6 +113,13 @@ def load_principal(request: Request) -> Principal:
     return principal
 
 
+def api_key(request: Request, secret: str) -> ApiKey | None:
+    """The live API key of ``secret`` (remembered like bearer keys), for protocols that
+    pass the key as a parameter (Open311's ``api_key``)."""
+    db = request.app.state.db
+    return _api_keys.get_or_load(token_hash(secret), lambda: _read_api_key(db, secret))
+
+
 def _read_api_key(db: Any, secret: str) -> ApiKey | None:
     with db.read() as session:
         return service.api_key_for_secret(session, secret)

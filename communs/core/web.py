@@ -254,8 +254,10 @@ async def csrf_protect(request: Request) -> None:
     if request.method in SAFE_METHODS:
         return
     has_session = "communs_session" in request.cookies
-    if request.headers.get("authorization") and not has_session:
-        return  # machine clients: no ambient credentials to abuse
+    if not has_session and (
+        request.headers.get("authorization") or request.url.path.startswith("/open311/")
+    ):
+        return  # machine clients (Open311 posts forms with its api_key): no ambient credentials
     content_type = request.headers.get("content-type", "")
     submitted = request.headers.get(CSRF_HEADER)
     is_form = content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data"))
