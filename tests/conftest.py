@@ -121,7 +121,32 @@ def make_commune(db: Database, slug: str = "alpha", insee: str = "37001", **extr
     )
 
 
-def make_agent(db: Database, commune_id: int, email: str, role: str = "agent"):
+HEADER = (
+    "uid_adresse;cle_interop;commune_insee;commune_nom;commune_deleguee_insee;"
+    "commune_deleguee_nom;voie_nom;lieudit_complement_nom;numero;suffixe;position;x;y;"
+    "long;lat;cad_parcelles;source;date_der_maj;certification_commune"
+)
+
+
+def bal_row(key, street, number, lon, lat, insee="37001", suffix=""):
+    return (
+        f";{key};{insee};Alpha;;;{street};;{number};{suffix};entrée;;;{lon};{lat};;"
+        f"Commune;2026-01-01;1"
+    )
+
+
+def imported(db, commune, content: str):
+    """Import a BAL CSV into a commune's addresses."""
+    from communs.core import addresses
+
+    parsed = addresses.parse_bal(content.encode(), commune)
+    db.write(addresses.replace_addresses, commune.id, parsed.rows)
+    return parsed
+
+
+def make_agent(
+    db: Database, commune_id: int, email: str, role: str = "agent", service_id: int | None = None
+):
     return db.write(
         service.create_agent,
         commune_id=commune_id,
@@ -129,6 +154,7 @@ def make_agent(db: Database, commune_id: int, email: str, role: str = "agent"):
         name=email.split("@")[0],
         password=STRONG_PASSWORD,
         role=role,
+        service_id=service_id,
     )
 
 

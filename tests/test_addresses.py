@@ -3,26 +3,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_commune
+from conftest import HEADER, bal_row, imported, make_commune
 from sqlalchemy import select
 
 from communs.core import addresses
 from communs.core.models import Address
 from communs.core.service import InvalidInput
-
-HEADER = (
-    "uid_adresse;cle_interop;commune_insee;commune_nom;commune_deleguee_insee;"
-    "commune_deleguee_nom;voie_nom;lieudit_complement_nom;numero;suffixe;position;x;y;"
-    "long;lat;cad_parcelles;source;date_der_maj;certification_commune"
-)
-
-
-def bal_row(key, street, number, lon, lat, insee="37001", suffix=""):
-    return (
-        f";{key};{insee};Alpha;;;{street};;{number};{suffix};entrée;;;{lon};{lat};;"
-        f"Commune;2026-01-01;1"
-    )
-
 
 GOOD = (
     "\n".join(
@@ -36,12 +22,6 @@ GOOD = (
     )
     + "\n"
 )
-
-
-def imported(db, commune, content: str):
-    parsed = addresses.parse_bal(content.encode(), commune)
-    db.write(addresses.replace_addresses, commune.id, parsed.rows)
-    return parsed
 
 
 def test_import_search_and_reverse(client, db):

@@ -10,6 +10,7 @@ offer them: ``page``/``page_size``, ``updated_after``/``updated_before``,
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Annotated, Any
 from xml.etree import ElementTree
@@ -21,10 +22,11 @@ from starlette.responses import Response
 
 from communs.core import auth
 from communs.core.db import utcnow
+from communs.core.i18n import lazy_gettext as _l
 from communs.core.models import Commune
 from communs.core.service import InvalidInput, list_communes
 from communs.core.tenancy import commune_for_jurisdiction
-from communs.reports import service
+from communs.reports import photos, service
 from communs.reports.models import CLOSED, Category, Channel, Report, ReportEvent, Status
 
 PREFIX = "/open311/v2"
@@ -255,6 +257,7 @@ def request_json(
     report: Report,
     category: Category | None,
     agency: str,
+    media_url: str | None = None,
     events: list[ReportEvent] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -274,7 +277,7 @@ def request_json(
         "zipcode": None,
         "lat": report.lat,
         "long": report.lon,
-        "media_url": None,
+        "media_url": media_url,
     }
     if events is not None:
         body["extended_attributes"] = {
@@ -302,7 +305,7 @@ async def list_requests(request: Request, commune: Jurisdiction, fmt: str) -> Re
     wanted = _filter(params)
     with request.app.state.db.read() as session:
         reports = service.find_reports(session, commune.id, wanted)
-        body = _requests_body(session, commune.id, reports, params)
+        body = _requests_body(request, session, commune, reports, params)
     return respond(fmt, "service_requests", body)
 
 
@@ -357,24 +360,36 @@ def _statuses(raw: str) -> tuple[str, ...]:
 
 
 def _requests_body(
-    session: Any, commune_id: int, reports: list[Report], params: Any
+    request: Request, session: Any, commune: Commune, reports: list[Report], params: Any
 ) -> list[dict[str, Any]]:
-    categories = service.categories_by_id(session, commune_id)
-    agencies = service.service_names(session, commune_id)
+    categories = service.categories_by_id(session, commune.id)
+    agencies = service.service_names(session, commune.id)
+    ids = [report.id for report in reports]
+    photos = service.visible_photo_ids(session, commune.id, ids)
     history = (
-        service.public_events(session, commune_id, [report.id for report in reports])
+        service.public_events(session, commune.id, ids)
         if params.get("extensions") == "true"
         else None
     )
-    return [
-        request_json(
+    base = _base_url(request)
+    bodies = []
+    for report in reports:
+        urls = [photo_url(base, commune.slug, report.id, photo) for photo in photos[report.id]]
+        body = request_json(
             report,
             categories.get(report.category_id),
             agencies.get(report.service_id, ""),
+            urls[0] if urls else None,
             history[report.id] if history is not None else None,
         )
-        for report in reports
-    ]
+        if history is not None:
+            body["extended_attributes"]["media_urls"] = urls
+        bodies.append(body)
+    return bodies
+
+
+def photo_url(base: str, slug: str, report_id: int, photo_id: int) -> str:
+    return f"{base}/{slug}/signalements/{report_id}/photos/{photo_id}.jpg"
 
 
 @router.get("/requests/{request_id}.{fmt}")
@@ -391,7 +406,7 @@ async def get_request(
         )
         if report is None or report.hidden or not report.confirmed:
             raise Open311Error(404, f"service_request_id {request_id!r} not found")
-        body = _requests_body(session, commune.id, [report], params)
+        body = _requests_body(request, session, commune, [report], params)
     return respond(fmt, "service_requests", body)
 
 
@@ -419,22 +434,23 @@ async def post_request(request: Request, commune: Jurisdiction, fmt: str) -> Res
         raise Open311Error(403, "api_key is missing, invalid, or not allowed for this jurisdiction")
     if not params.get("service_code", "").strip():
         raise Open311Error(400, "service_code is required")
-    submission = service.Submission(
-        category_code=params["service_code"],
-        description=params.get("description", ""),
-        lon=_coordinate(params, "long"),
-        lat=_coordinate(params, "lat"),
-        address=params.get("address_string", ""),
-        answers=_answers(form),
-        email=params.get("email", ""),
-        first_name=params.get("first_name", ""),
-        last_name=params.get("last_name", ""),
-        phone=params.get("phone", ""),
-        device_id=params.get("device_id", ""),
-        channel=Channel.OPEN311,
-    )
     try:
-        report = request.app.state.db.write(service.create_report, commune.id, submission)
+        submission = service.Submission(
+            category_code=params["service_code"],
+            description=params.get("description", ""),
+            lon=_coordinate(params, "long"),
+            lat=_coordinate(params, "lat"),
+            address=params.get("address_string", ""),
+            answers=_answers(form),
+            email=params.get("email", ""),
+            first_name=params.get("first_name", ""),
+            last_name=params.get("last_name", ""),
+            phone=params.get("phone", ""),
+            device_id=params.get("device_id", ""),
+            channel=Channel.OPEN311,
+            photos=await read_photos(form.getlist("media")),
+        )
+        report = await request.app.state.db.awrite(service.create_report, commune.id, submission)
     except InvalidInput as error:
         raise Open311Error(400, f"{error.field or 'request'}: {error}") from None
     with request.app.state.db.read() as session:
@@ -444,6 +460,20 @@ async def post_request(request: Request, commune: Jurisdiction, fmt: str) -> Res
         {"service_request_id": str(report.id), "service_notice": notice or None, "account_id": None}
     ]
     return respond(fmt, "service_requests", body, status=201)
+
+
+async def read_photos(uploads: list[Any]) -> list[photos.Encoded]:
+    """Uploaded files, re-encoded off the event loop; at most MAX_PHOTOS are read."""
+    files = [upload for upload in uploads if not isinstance(upload, str) and upload.filename]
+    if len(files) > photos.MAX_PHOTOS:
+        raise InvalidInput(
+            _l("{limit} photos au plus par signalement.").format(limit=photos.MAX_PHOTOS),
+            field="photos",
+        )
+    return [
+        await asyncio.to_thread(photos.reencode, await upload.read(), upload.filename)
+        for upload in files
+    ]
 
 
 def _api_key(request: Request, params: dict[str, str]) -> Any:

@@ -9,6 +9,7 @@ NGSI-LD entity shaped like the Smart Data Models Open311 model
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +19,11 @@ from shapely.geometry import Point, shape
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from communs.core.addresses import distance_m
 from communs.core.db import utcnow
 from communs.core.i18n import lazy_gettext as _l
-from communs.core.models import Commune, Service
+from communs.core.mail import queue_email
+from communs.core.models import Commune, Membership, Service, User
 from communs.core.security import new_token
 from communs.core.service import InvalidInput, validate_email, validate_name
 from communs.hub import service as hub
@@ -31,11 +34,13 @@ from communs.reports.models import (
     Category,
     Channel,
     Follower,
+    Photo,
     Report,
     ReportEvent,
     ReportSettings,
     Status,
 )
+from communs.reports.photos import MAX_PHOTOS, Encoded
 
 MAX_DESCRIPTION = 4000
 MAX_ANSWER = 2000
@@ -53,6 +58,22 @@ DEFAULT_CATEGORIES = (
     ("espaces-verts", "espaces-verts", "Espaces verts", "Espaces verts"),
     ("eau", "fuite-eau", "Eau", "Fuite d'eau"),
 )
+
+
+STATUS_LABELS = {
+    Status.NEW: _l("Nouveau"),
+    Status.ACKNOWLEDGED: _l("Pris en compte"),
+    Status.IN_PROGRESS: _l("En cours"),
+    Status.PLANNED: _l("Intervention planifiée"),
+    Status.RESOLVED: _l("Résolu"),
+    Status.NOT_COMPETENT: _l("Clos : hors de la compétence de la commune"),
+    Status.DUPLICATE: _l("Clos : doublon d'un autre signalement"),
+    Status.WONT_FIX: _l("Clos : ne sera pas traité"),
+}
+
+
+def status_label(status: str) -> str:
+    return str(STATUS_LABELS.get(status, status))
 
 
 # ---------------------------------------------------------------- settings
@@ -220,6 +241,7 @@ class Submission:
     phone: str = ""
     device_id: str = ""
     channel: str = Channel.WEB
+    photos: list[Encoded] = field(default_factory=list)
 
 
 class Blocked(InvalidInput):
@@ -244,23 +266,38 @@ def commune_at(session: Session, lon: float, lat: float) -> Commune | None:
 
 
 def create_report(
-    session: Session, commune_id: int, submission: Submission, *, actor_user_id: int | None = None
+    session: Session,
+    commune_id: int,
+    submission: Submission,
+    *,
+    actor_user_id: int | None = None,
+    base_url: str = "",
 ) -> Report:
-    """File a report. Everything is checked before anything is written."""
+    """File a report. Everything is checked before anything is written. A resident
+    who must give an e-mail (no anonymous reports) confirms it by the link sent there:
+    until then the report is neither public nor in the service's queue."""
     category = _category_for(session, commune_id, submission.category_code)
     description = _description(submission.description)
     lon, lat = _point_in_commune(session, commune_id, submission.lon, submission.lat)
     answers = check_answers(category, submission.answers)
     email = validate_email(submission.email) if submission.email.strip() else ""
     channel = _channel(submission.channel)
+    if len(submission.photos) > MAX_PHOTOS:
+        raise InvalidInput(
+            _l("{limit} photos au plus par signalement.").format(limit=MAX_PHOTOS), field="photos"
+        )
     anonymous = not email and channel in (Channel.WEB, Channel.OPEN311)
     if anonymous and not settings_of(session, commune_id).anonymous_allowed:
         raise InvalidInput(
             _l("Indiquez votre adresse e-mail : la commune n'accepte pas de signalement anonyme."),
             field="email",
         )
+    needs_confirmation = (
+        channel == Channel.WEB and not settings_of(session, commune_id).anonymous_allowed
+    )
     now = utcnow()
     report = Report(
+        confirmed=not needs_confirmation,
         commune_id=commune_id,
         category_id=category.id,
         service_id=category.service_id,
@@ -282,11 +319,54 @@ def create_report(
     )
     session.add(report)
     session.flush()
+    for encoded in submission.photos:
+        add_photo(session, report, encoded)
     if email:
         follow(session, report, email)
     _record(session, report, "created", public=True, actor_user_id=actor_user_id)
     publish_to_hub(session, report, category)
+    if needs_confirmation:
+        _queue(
+            session,
+            report,
+            email,
+            _l("Confirmez votre signalement n° {number}").format(number=report.id),
+            _l(
+                "Bonjour,\n\nPour transmettre votre signalement n° {number} ({category}) au "
+                "service concerné, confirmez-le en ouvrant ce lien :\n{link}\n\n"
+                "Sans confirmation, il ne sera pas transmis."
+            ).format(
+                number=report.id,
+                category=category.name,
+                link=f"{base_url}{report_path(session, report)}/confirmer/{report.tracking_token}",
+            ),
+        )
     return report
+
+
+def confirm_report(session: Session, commune_id: int, report_id: int, token: str) -> Report:
+    report = get_report(session, commune_id, report_id)
+    if report is None or not same_secret(report.tracking_token, token):
+        raise InvalidInput(_l("Ce lien de confirmation n'est pas valide."))
+    if not report.confirmed:
+        report.confirmed = True
+        report.updated_at = utcnow()
+        _record(session, report, "confirmed", public=False, actor_user_id=None)
+        publish_to_hub(session, report)
+    return report
+
+
+def report_path(session: Session, report: Report) -> str:
+    commune = session.get(Commune, report.commune_id)
+    return f"/{commune.slug if commune else ''}/signalements/{report.id}"
+
+
+def same_secret(expected: str, given: str) -> bool:
+    return hmac.compare_digest(expected.encode(), (given or "").encode())
+
+
+def _queue(session: Session, report: Report, to: str, subject: Any, body: Any) -> None:
+    queue_email(session, to=to, subject=str(subject), body=str(body), commune_id=report.commune_id)
 
 
 def check_answers(category: Category, answers: dict[str, Any]) -> dict[str, Any]:
@@ -449,6 +529,48 @@ def follow(session: Session, report: Report, email: str) -> Follower:
     return follower
 
 
+def add_photo(session: Session, report: Report, encoded: Encoded, kind: str = "report") -> Photo:
+    photo = Photo(
+        report_id=report.id,
+        commune_id=report.commune_id,
+        kind=kind,
+        width=encoded.width,
+        height=encoded.height,
+        content=encoded.content,
+    )
+    session.add(photo)
+    session.flush()
+    return photo
+
+
+def visible_photo_ids(
+    session: Session, commune_id: int, report_ids: Iterable[int]
+) -> dict[int, list[int]]:
+    """The public photos of these reports, in the order they were added."""
+    ids = list(report_ids)
+    found: dict[int, list[int]] = {report_id: [] for report_id in ids}
+    if not ids:
+        return found
+    statement = (
+        select(Photo.report_id, Photo.id)
+        .where(Photo.commune_id == commune_id, Photo.report_id.in_(ids), Photo.hidden.is_(False))
+        .order_by(Photo.id)
+    )
+    for report_id, photo_id in session.execute(statement):
+        found[report_id].append(photo_id)
+    return found
+
+
+def public_photo(session: Session, commune_id: int, report_id: int, photo_id: int) -> Photo | None:
+    photo = session.get(Photo, photo_id)
+    if photo is None or photo.commune_id != commune_id or photo.report_id != report_id:
+        return None
+    report = session.get(Report, report_id)
+    if photo.hidden or report is None or report.hidden or not report.confirmed:
+        return None
+    return photo
+
+
 # ---------------------------------------------------------------- reading
 
 
@@ -461,6 +583,7 @@ class ReportFilter:
     requested_until: dt.datetime | None = None
     updated_after: dt.datetime | None = None
     updated_before: dt.datetime | None = None
+    service_ids: tuple[int, ...] | None = None  # None: every service
     include_hidden: bool = False
     offset: int = 0
     limit: int = 1000
@@ -485,10 +608,49 @@ def find_reports(session: Session, commune_id: int, wanted: ReportFilter) -> lis
         statement = statement.where(Report.updated_at > wanted.updated_after)
     if wanted.updated_before is not None:
         statement = statement.where(Report.updated_at < wanted.updated_before)
+    if wanted.service_ids is not None:
+        statement = statement.where(Report.service_id.in_(wanted.service_ids))
+    statement = statement.where(Report.confirmed.is_(True))
     if not wanted.include_hidden:
-        statement = statement.where(Report.hidden.is_(False), Report.confirmed.is_(True))
+        statement = statement.where(Report.hidden.is_(False))
     statement = statement.order_by(Report.requested_at.desc(), Report.id.desc())
     return list(session.scalars(statement.offset(wanted.offset).limit(wanted.limit)))
+
+
+def open_reports_near(
+    session: Session, commune_id: int, category_code: str, lon: float, lat: float, metres: float
+) -> list[Report]:
+    """Public open reports of this category within ``metres`` of the point, nearest first."""
+    category = category_by_code(session, commune_id, category_code)
+    if category is None:
+        return []
+    dlat = metres / 111_320
+    dlon = metres / (111_320 * max(math.cos(math.radians(lat)), 0.01))
+    candidates = session.scalars(
+        select(Report).where(
+            Report.commune_id == commune_id,
+            Report.category_id == category.id,
+            Report.status.not_in(CLOSED),
+            Report.hidden.is_(False),
+            Report.confirmed.is_(True),
+            Report.lon.between(lon - dlon, lon + dlon),
+            Report.lat.between(lat - dlat, lat + dlat),
+        )
+    )
+    near = [(distance_m(lon, lat, r.lon, r.lat), r) for r in candidates]
+    return [
+        report for distance, report in sorted(near, key=lambda pair: pair[0]) if distance <= metres
+    ]
+
+
+def all_events(session: Session, commune_id: int, report_id: int) -> list[ReportEvent]:
+    """The whole audit trail of a report (back-office), oldest first."""
+    statement = (
+        select(ReportEvent)
+        .where(ReportEvent.commune_id == commune_id, ReportEvent.report_id == report_id)
+        .order_by(ReportEvent.id)
+    )
+    return list(session.scalars(statement))
 
 
 def get_report(session: Session, commune_id: int, report_id: int) -> Report | None:
@@ -569,6 +731,7 @@ def set_status(
     text: str = "",
     expected_at: dt.datetime | None = None,
     duplicate_of: int | None = None,
+    base_url: str = "",
 ) -> ReportEvent:
     """Move a report to ``status``; ``text`` is the public reply that goes with it."""
     try:
@@ -598,7 +761,94 @@ def set_status(
         session, report, "status", public=True, actor_user_id=actor_user_id, text=text.strip()
     )
     publish_to_hub(session, report)
+    notify_followers(session, report, event, base_url)
     return event
+
+
+def notify_followers(session: Session, report: Report, event: ReportEvent, base_url: str) -> None:
+    """An e-mail to each follower about a public change, through the outbox. After
+    "resolved", the reporter is asked whether it really is fixed."""
+    path = report_path(session, report)
+    subject = _l("Signalement n° {number} : {status}").format(
+        number=report.id, status=status_label(report.status)
+    )
+    reply = f"\n\n{_l('Réponse du service :')}\n{event.text}" if event.text else ""
+    followers = session.scalars(select(Follower).where(Follower.report_id == report.id))
+    for follower in followers:
+        check = ""
+        if report.status == Status.RESOLVED and follower.email == report.email:
+            check = "\n\n" + str(
+                _l("Est-ce vraiment réparé ? Dites-le nous : {link}").format(
+                    link=f"{base_url}{path}/verifier/{report.tracking_token}"
+                )
+            )
+        body = _l(
+            "Bonjour,\n\nLe signalement n° {number} est maintenant : {status}.{reply}{check}"
+            "\n\nSuivre le signalement : {link}\nNe plus recevoir ces messages : {stop}"
+        ).format(
+            number=report.id,
+            status=status_label(report.status),
+            reply=reply,
+            check=check,
+            link=f"{base_url}{path}",
+            stop=f"{base_url}{path}/desabonner/{follower.unsubscribe_token}",
+        )
+        _queue(session, report, follower.email, subject, body)
+
+
+def answer_fixed(
+    session: Session, commune_id: int, report_id: int, token: str, fixed: bool, base_url: str = ""
+) -> Report:
+    """The reporter's answer to "is it really fixed?": no reopens the report and tells
+    the service's agents."""
+    report = get_report(session, commune_id, report_id)
+    if report is None or not same_secret(report.tracking_token, token):
+        raise InvalidInput(_l("Ce lien n'est pas valide."))
+    if fixed or report.status != Status.RESOLVED:
+        return report
+    report.status = Status.NEW
+    report.closed_at = None
+    report.updated_at = utcnow()
+    text = str(_l("Le demandeur indique que le problème n'est pas réglé."))
+    event = _record(session, report, "reopened", public=True, actor_user_id=None, text=text)
+    publish_to_hub(session, report)
+    for email in _service_agent_emails(session, report):
+        _queue(
+            session,
+            report,
+            email,
+            _l("Signalement n° {number} rouvert").format(number=report.id),
+            f"{text}\n\n{base_url}/{_slug(session, report)}/admin/signalements/{report.id}",
+        )
+    notify_followers(session, report, event, base_url)
+    return report
+
+
+def _service_agent_emails(session: Session, report: Report) -> list[str]:
+    statement = (
+        select(User.email)
+        .join(Membership, Membership.user_id == User.id)
+        .where(
+            Membership.commune_id == report.commune_id,
+            Membership.service_id == report.service_id,
+            User.is_active.is_(True),
+        )
+    )
+    return sorted(set(session.scalars(statement)))
+
+
+def _slug(session: Session, report: Report) -> str:
+    commune = session.get(Commune, report.commune_id)
+    return commune.slug if commune else ""
+
+
+def unfollow(session: Session, commune_id: int, report_id: int, token: str) -> bool:
+    follower = session.scalar(select(Follower).where(Follower.unsubscribe_token == token))
+    report = get_report(session, commune_id, report_id)
+    if follower is None or report is None or follower.report_id != report.id:
+        return False
+    session.delete(follower)
+    return True
 
 
 def _record(

@@ -4,12 +4,14 @@ JSON Schemas; errors in the Open311 format; tenancy; the hub mirror of each repo
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from xml.etree import ElementTree
 
 import pytest
 from conftest import SHARED, make_commune
 from jsonschema import Draft7Validator
+from PIL import Image
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 from sqlalchemy import func, select, update
@@ -356,3 +358,67 @@ def test_each_report_is_an_ngsi_ld_entity_in_the_hub(city):
     )
     closed = city.client.get(entity_url, headers=headers, params={"options": "keyValues"})
     assert closed.json()["status"] == "closed"
+
+
+def jpeg_with_gps() -> bytes:
+    image = Image.new("RGB", (640, 480), (200, 120, 40))
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"  # Make
+    gps = {1: "N", 2: (47.0, 21.0, 7.5), 3: "E", 4: (0.0, 51.0, 2.25)}
+    exif[0x8825] = gps
+    out = io.BytesIO()
+    image.save(out, "JPEG", exif=exif)
+    data = out.getvalue()
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(0x8825)  # the fixture has a position
+    return data
+
+
+def test_photos_are_reencoded_without_location_and_served(city):
+    posted = city.client.post(
+        "/open311/v2/requests.json",
+        data={
+            "jurisdiction_id": city.slug,
+            "api_key": city.key,
+            "service_code": "depot-sauvage",
+            "description": "Sacs abandonnés au pied du conteneur.",
+            "email": "habitant@example.org",
+            **INSIDE,
+        },
+        files=[("media", ("photo.jpg", jpeg_with_gps(), "image/jpeg"))],
+    )
+    assert posted.status_code == 201, posted.text
+    number = posted.json()[0]["service_request_id"]
+    (request,) = city.get(f"requests/{number}.json").json()
+    media_url = request["media_url"]
+    assert media_url.endswith(".jpg") and f"/alpha/signalements/{number}/photos/" in media_url
+    served = city.client.get(media_url)
+    assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
+    stored = Image.open(io.BytesIO(served.content))
+    assert stored.size == (640, 480)
+    assert not stored.getexif().get_ifd(0x8825) and not stored.getexif()
+    assert b"PhoneMaker" not in served.content and b"Exif" not in served.content
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("photo.jpg", b"#!/bin/sh\necho not an image\n", "n'est pas une photo lisible"),
+        ("huge.jpg", b"\xff\xd8\xff" + b"0" * (8 * 1024 * 1024), "dépasse 8 Mo"),
+    ],
+)
+def test_files_that_are_not_acceptable_photos_are_refused(city, name, content, message):
+    posted = city.client.post(
+        "/open311/v2/requests.json",
+        data={
+            "jurisdiction_id": city.slug,
+            "api_key": city.key,
+            "service_code": "depot-sauvage",
+            "description": "Sacs abandonnés.",
+            "email": "habitant@example.org",
+            **INSIDE,
+        },
+        files=[("media", (name, content, "image/jpeg"))],
+    )
+    assert posted.status_code == 400
+    assert message in posted.json()[0]["description"]
+    assert city.count() == 0

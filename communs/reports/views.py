@@ -1,0 +1,520 @@
+"""Pages of citizen reports: reporting (residents), public map and list, report pages,
+follow and confirm links, and the agents' back-office."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import deque
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+
+from communs.core import addresses
+from communs.core.auth import (
+    ALL_STAFF,
+    AccessDenied,
+    CommuneContext,
+    commune_access,
+    commune_public,
+)
+from communs.core.db import utcnow
+from communs.core.i18n import gettext as _
+from communs.core.models import Role
+from communs.core.service import InvalidInput
+from communs.core.web import redirect, render
+from communs.reports import service
+from communs.reports.api import read_photos
+from communs.reports.models import CLOSED, Channel, Report, Status
+
+router = APIRouter()
+Public = Annotated[CommuneContext, Depends(commune_public())]
+Staff = Annotated[CommuneContext, Depends(commune_access(roles=ALL_STAFF))]
+
+PERIODS = {"7": 7, "30": 30, "90": 90, "365": 365}
+NEARBY_METRES = 50
+RATE_WINDOW_SECONDS = 600
+RATE_MAX_REPORTS = 10
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class RateLimiter:
+    """At most ``limit`` events per ``window`` seconds per client (in this process)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.events: dict[str, deque[float]] = {}
+
+    def allow(self, client: str) -> bool:
+        now = time.monotonic()
+        seen = self.events.setdefault(client, deque())
+        while seen and now - seen[0] > self.window:
+            seen.popleft()
+        if len(seen) >= self.limit:
+            return False
+        seen.append(now)
+        if len(self.events) > 10_000:  # forget idle clients
+            self.events = {k: v for k, v in self.events.items() if v and now - v[-1] < self.window}
+        return True
+
+
+REPORT_LIMITER = RateLimiter(RATE_MAX_REPORTS, RATE_WINDOW_SECONDS)
+
+
+def client_key(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _base(request: Request) -> str:
+    return request.app.state.settings.base_url
+
+
+def status_choices() -> list[tuple[str, str]]:
+    return [(status.value, service.status_label(status)) for status in Status]
+
+
+def _grouped(categories: list[Any]) -> list[tuple[str, list[Any]]]:
+    groups: dict[str, list[Any]] = {}
+    for category in categories:
+        groups.setdefault(category.group or _("Autres"), []).append(category)
+    return list(groups.items())
+
+
+def _float(raw: Any) -> float | None:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if value == value else None
+
+
+# ---------------------------------------------------------------- reporting
+
+
+@router.get("/{commune}/signalements/nouveau", response_class=HTMLResponse)
+def report_form(request: Request, context: Public) -> HTMLResponse:
+    return _form_page(request, context, {})
+
+
+def _form_page(
+    request: Request,
+    context: CommuneContext,
+    values: dict[str, Any],
+    error: InvalidInput | None = None,
+) -> HTMLResponse:
+    with request.app.state.db.read() as session:
+        categories = service.categories(session, context.commune_id)
+        anonymous = service.settings_of(session, context.commune_id).anonymous_allowed
+    chosen = next((c for c in categories if c.code == values.get("service_code")), None)
+    return render(
+        request,
+        "reports/form.html",
+        {
+            "page_title": _("Signaler un problème"),
+            "groups": _grouped(categories),
+            "chosen": chosen,
+            "values": values,
+            "anonymous": anonymous,
+            "error": str(error) if error else None,
+            "error_field": error.field if error else None,
+        },
+        status_code=400 if error else 200,
+    )
+
+
+@router.get("/{commune}/signalements/questions", response_class=HTMLResponse)
+def category_questions(request: Request, context: Public, service_code: str = "") -> HTMLResponse:
+    """The extra questions and notice of a category (HTMX, when the category changes)."""
+    with request.app.state.db.read() as session:
+        chosen = service.category_by_code(session, context.commune_id, service_code)
+    return render(request, "reports/_questions.html", {"chosen": chosen, "values": {}})
+
+
+@router.get("/{commune}/signalements/proches", response_class=HTMLResponse)
+def nearby_reports(
+    request: Request, context: Public, lon: str = "", lat: str = "", categorie: str = ""
+) -> HTMLResponse:
+    """Open reports of the same category within 50 m: follow one instead of filing anew."""
+    point = (_float(lon), _float(lat))
+    found: list[Report] = []
+    if None not in point and categorie:
+        with request.app.state.db.read() as session:
+            found = service.open_reports_near(
+                session, context.commune_id, categorie, point[0], point[1], NEARBY_METRES
+            )
+    return render(request, "reports/_nearby.html", {"nearby": found})
+
+
+@router.post("/{commune}/signalements/nouveau")
+async def submit_report(request: Request, context: Public) -> Response:
+    form = await request.form(max_part_size=request.app.state.settings.upload_max_bytes)
+    values = {key: value for key, value in form.items() if isinstance(value, str)}
+    if not REPORT_LIMITER.allow(client_key(request)):
+        error = InvalidInput(
+            _("Trop de signalements envoyés depuis cette connexion : réessayez dans 10 minutes.")
+        )
+        response = _form_page(request, context, values, error)
+        response.status_code = 429
+        return response
+    try:
+        lon, lat, address = _location(request, context.commune_id, values)
+        submission = service.Submission(
+            category_code=values.get("service_code", ""),
+            description=values.get("description", ""),
+            lon=lon,
+            lat=lat,
+            address=address,
+            answers={
+                key[len("attribute[") : -1]: form.getlist(key)
+                if len(form.getlist(key)) > 1
+                else value
+                for key, value in values.items()
+                if key.startswith("attribute[") and key.endswith("]")
+            },
+            email=values.get("email", ""),
+            first_name=values.get("name", ""),
+            channel=Channel.WEB,
+            photos=await read_photos(form.getlist("photos")),
+        )
+        report = await request.app.state.db.awrite(
+            service.create_report, context.commune_id, submission, base_url=_base(request)
+        )
+    except InvalidInput as error:
+        return _form_page(request, context, values, error)
+    return redirect(
+        request, f"/{context.commune.slug}/signalements/{report.id}/recu/{report.tracking_token}"
+    )
+
+
+def _location(
+    request: Request, commune_id: int, values: dict[str, str]
+) -> tuple[float | None, float | None, str]:
+    """The point: from the map (lon/lat), else from the address typed."""
+    address = values.get("address", "").strip()
+    lon, lat = _float(values.get("lon")), _float(values.get("lat"))
+    if lon is not None and lat is not None:
+        return lon, lat, address
+    if not address:
+        return None, None, ""
+    with request.app.state.db.read() as session:
+        found = addresses.search(session, commune_id, address, limit=1)
+    if not found:
+        raise InvalidInput(
+            _("Adresse introuvable : choisissez-la dans la liste ou placez le point sur la carte."),
+            field="address",
+        )
+    return found[0].lon, found[0].lat, found[0].label
+
+
+@router.get("/{commune}/signalements/{report_id:int}/recu/{token}", response_class=HTMLResponse)
+def receipt(request: Request, context: Public, report_id: int, token: str) -> HTMLResponse:
+    with request.app.state.db.read() as session:
+        report = service.get_report(session, context.commune_id, report_id)
+    if report is None or not service.same_secret(report.tracking_token, token):
+        return render(
+            request,
+            "core/error.html",
+            {"page_title": _("Lien invalide"), "status": 404},
+            status_code=404,
+        )
+    return render(
+        request,
+        "reports/receipt.html",
+        {"page_title": _("Signalement envoyé"), "report": report},
+    )
+
+
+@router.get(
+    "/{commune}/signalements/{report_id}/confirmer/{token}", response_class=HTMLResponse
+)
+async def confirm(request: Request, context: Public, report_id: int, token: str) -> Response:
+    try:
+        await request.app.state.db.awrite(
+            service.confirm_report, context.commune_id, report_id, token
+        )
+    except InvalidInput as error:
+        return render(
+            request,
+            "core/error.html",
+            {"page_title": _("Lien invalide"), "status": 404, "detail": str(error)},
+            status_code=404,
+        )
+    return redirect(
+        request,
+        f"/{context.commune.slug}/signalements/{report_id}",
+        _("Merci : votre signalement est confirmé et transmis au service."),
+    )
+
+
+# ---------------------------------------------------------------- public map, list, page
+
+
+@router.get("/{commune}/signalements", response_class=HTMLResponse)
+def report_list(
+    request: Request,
+    context: Public,
+    categorie: str = "",
+    etat: str = "",
+    periode: str = "90",
+) -> HTMLResponse:
+    days = PERIODS.get(periode, 90)
+    statuses: tuple[str, ...] = ()
+    if etat == "ouverts":
+        statuses = tuple(status for status in Status if status not in CLOSED)
+    elif etat == "clos":
+        statuses = tuple(CLOSED)
+    wanted = service.ReportFilter(
+        category_codes=(categorie,) if categorie else (),
+        statuses=statuses,
+        requested_from=utcnow() - dt.timedelta(days=days),
+        limit=500,
+    )
+    with request.app.state.db.read() as session:
+        reports = service.find_reports(session, context.commune_id, wanted)
+        categories = service.categories_by_id(session, context.commune_id)
+    return render(
+        request,
+        "reports/list.html",
+        {
+            "page_title": _("Signalements"),
+            "reports": reports,
+            "categories": categories,
+            "filters": {"categorie": categorie, "etat": etat, "periode": str(days)},
+            "status_label": service.status_label,
+            "points": [
+                {"id": r.id, "lon": r.lon, "lat": r.lat, "label": categories[r.category_id].name}
+                for r in reports
+            ],
+        },
+    )
+
+
+@router.get("/{commune}/signalements/{report_id:int}", response_class=HTMLResponse)
+def report_page(request: Request, context: Public, report_id: int) -> HTMLResponse:
+    with request.app.state.db.read() as session:
+        report = service.get_report(session, context.commune_id, report_id)
+        if report is None or report.hidden or not report.confirmed:
+            return render(
+                request,
+                "core/error.html",
+                {"page_title": _("Signalement introuvable"), "status": 404},
+                status_code=404,
+            )
+        category = service.categories_by_id(session, context.commune_id)[report.category_id]
+        events = service.public_events(session, context.commune_id, [report.id])[report.id]
+        photos = service.visible_photo_ids(session, context.commune_id, [report.id])[report.id]
+    return render(
+        request,
+        "reports/report.html",
+        {
+            "page_title": _("Signalement n° {number}").format(number=report.id),
+            "report": report,
+            "category": category,
+            "events": events,
+            "photos": photos,
+            "status_label": service.status_label,
+        },
+    )
+
+
+@router.post("/{commune}/signalements/{report_id:int}/suivre")
+async def follow_report(request: Request, context: Public, report_id: int) -> Response:
+    form = await request.form()
+    email = str(form.get("email", ""))
+    page = f"/{context.commune.slug}/signalements/{report_id}"
+
+    def follow(session: Any) -> None:
+        report = service.get_report(session, context.commune_id, report_id)
+        if report is None or report.hidden or not report.confirmed:
+            raise InvalidInput(_("Signalement introuvable."))
+        service.follow(session, report, email)
+
+    try:
+        await request.app.state.db.awrite(follow)
+    except InvalidInput as error:
+        return redirect(request, page, str(error), kind="error")
+    return redirect(
+        request, page, _("Vous recevrez par e-mail chaque évolution de ce signalement.")
+    )
+
+
+@router.get(
+    "/{commune}/signalements/{report_id}/desabonner/{token}", response_class=HTMLResponse
+)
+async def unfollow(request: Request, context: Public, report_id: int, token: str) -> Response:
+    done = await request.app.state.db.awrite(service.unfollow, context.commune_id, report_id, token)
+    message = (
+        _("Vous ne recevrez plus de message sur ce signalement.")
+        if done
+        else _("Ce lien de désabonnement n'est plus valide.")
+    )
+    return redirect(request, f"/{context.commune.slug}/signalements/{report_id}", message)
+
+
+@router.get("/{commune}/signalements/{report_id:int}/verifier/{token}", response_class=HTMLResponse)
+def fixed_question(request: Request, context: Public, report_id: int, token: str) -> HTMLResponse:
+    return render(
+        request,
+        "reports/fixed.html",
+        {"page_title": _("Est-ce vraiment réparé ?"), "report_id": report_id, "token": token},
+    )
+
+
+@router.post("/{commune}/signalements/{report_id:int}/verifier/{token}")
+async def fixed_answer(request: Request, context: Public, report_id: int, token: str) -> Response:
+    form = await request.form()
+    fixed = form.get("repare") == "oui"
+    page = f"/{context.commune.slug}/signalements/{report_id}"
+    try:
+        await request.app.state.db.awrite(
+            service.answer_fixed,
+            context.commune_id,
+            report_id,
+            token,
+            fixed,
+            base_url=_base(request),
+        )
+    except InvalidInput as error:
+        return redirect(request, page, str(error), kind="error")
+    message = (
+        _("Merci de votre confirmation.")
+        if fixed
+        else _("Merci : le signalement est rouvert et le service est prévenu.")
+    )
+    return redirect(request, page, message)
+
+
+@router.get("/{commune}/signalements/{report_id:int}/photos/{photo_id:int}.jpg")
+def photo(request: Request, context: Public, report_id: int, photo_id: int) -> Response:
+    with request.app.state.db.read() as session:
+        found = service.public_photo(session, context.commune_id, report_id, photo_id)
+    if found is None:
+        return Response(status_code=404)
+    return Response(
+        found.content,
+        media_type="image/jpeg",
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+# ---------------------------------------------------------------- back-office
+
+
+def handled_services(context: CommuneContext) -> set[int] | None:
+    """The services whose reports this person handles; None: all of the commune's."""
+    principal = context.principal
+    if principal.is_instance_admin or principal.api_key is not None:
+        return None
+    memberships = [m for m in principal.user.memberships if m.commune_id == context.commune_id]
+    if any(m.role == Role.COMMUNE_ADMIN or m.service_id is None for m in memberships):
+        return None
+    return {m.service_id for m in memberships if m.service_id is not None}
+
+
+def _handled(context: CommuneContext, report: Report | None) -> Report:
+    if report is None:
+        raise HTTPException(404)
+    services = handled_services(context)
+    if services is not None and report.service_id not in services:
+        raise AccessDenied("report of another service")
+    return report
+
+
+@router.get("/{commune}/admin/signalements", response_class=HTMLResponse)
+def queue(
+    request: Request, context: Staff, etat: str = "ouverts", categorie: str = ""
+) -> HTMLResponse:
+    services = handled_services(context)
+    statuses = (
+        tuple(status for status in Status if status not in CLOSED)
+        if etat == "ouverts"
+        else tuple(CLOSED)
+        if etat == "clos"
+        else ()
+    )
+    wanted = service.ReportFilter(
+        category_codes=(categorie,) if categorie else (),
+        statuses=statuses,
+        service_ids=tuple(services) if services is not None else None,
+        include_hidden=True,
+        limit=500,
+    )
+    with request.app.state.db.read() as session:
+        reports = service.find_reports(session, context.commune_id, wanted)
+        categories = service.categories_by_id(session, context.commune_id)
+        names = service.service_names(session, context.commune_id)
+    return render(
+        request,
+        "reports/queue.html",
+        {
+            "page_title": _("Signalements à traiter"),
+            "reports": reports,
+            "categories": categories,
+            "service_names": names,
+            "filters": {"etat": etat, "categorie": categorie},
+            "status_label": service.status_label,
+        },
+    )
+
+
+@router.get("/{commune}/admin/signalements/{report_id:int}", response_class=HTMLResponse)
+def agent_report(request: Request, context: Staff, report_id: int) -> HTMLResponse:
+    with request.app.state.db.read() as session:
+        report = _handled(context, service.get_report(session, context.commune_id, report_id))
+        events = service.all_events(session, context.commune_id, report.id)
+        categories = service.categories_by_id(session, context.commune_id)
+        photos = service.visible_photo_ids(session, context.commune_id, [report.id])[report.id]
+    return render(
+        request,
+        "reports/agent_report.html",
+        {
+            "page_title": _("Signalement n° {number}").format(number=report.id),
+            "report": report,
+            "category": categories[report.category_id],
+            "events": events,
+            "photos": photos,
+            "statuses": status_choices(),
+            "status_label": service.status_label,
+        },
+    )
+
+
+@router.post("/{commune}/admin/signalements/{report_id:int}/statut")
+async def change_status(request: Request, context: Staff, report_id: int) -> Response:
+    form = await request.form()
+    page = f"/{context.commune.slug}/admin/signalements/{report_id}"
+    user_id = context.principal.user.id if context.principal.user else None
+
+    def act(session: Any) -> None:
+        report = _handled(context, service.get_report(session, context.commune_id, report_id))
+        expected = str(form.get("expected_at") or "")
+        duplicate = str(form.get("duplicate_of") or "")
+        service.set_status(
+            session,
+            report,
+            str(form.get("status", "")),
+            actor_user_id=user_id,
+            text=str(form.get("reply", "")),
+            expected_at=_date(expected),
+            duplicate_of=int(duplicate) if duplicate.isdigit() else None,
+            base_url=_base(request),
+        )
+
+    try:
+        await request.app.state.db.awrite(act)
+    except InvalidInput as error:
+        return redirect(request, page, str(error), kind="error")
+    return redirect(request, page, _("Statut enregistré ; les abonnés sont prévenus."))
+
+
+def _date(raw: str) -> dt.datetime | None:
+    if not raw:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidInput(_("Date invalide."), field="expected_at") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)

@@ -1,0 +1,189 @@
+"""Report pages: residents report (by address, with a photo), confirm by the e-mailed
+link, follow; agents handle their service's queue; French errors; escaping; rate limit."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from conftest import HEADER, bal_row, csrf_from, imported, login, make_agent, make_commune
+from PIL import Image
+from sqlalchemy import func, select
+
+from communs.core import service as core
+from communs.core.models import Job
+from communs.reports import service, views
+from communs.reports.models import Report, Status
+
+LILAS = "3 Rue des Lilas"
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limit():
+    views.REPORT_LIMITER.events.clear()
+
+
+@pytest.fixture
+def town(db):
+    commune = make_commune(db, "alpha", "37001")
+    db.write(service.install_default_categories, commune.id)
+    imported(
+        db,
+        commune,
+        "\n".join([HEADER, bal_row("37001_0100_00003", "Rue des Lilas", 3, 0.853, 47.353)]) + "\n",
+    )
+    with db.read() as session:
+        services = {item.slug: item for item in core.list_services(session, commune.id)}
+    make_agent(db, commune.id, "eclairage@example.org", service_id=services["eclairage-public"].id)
+    make_agent(db, commune.id, "voirie@example.org", service_id=services["voirie"].id)
+    return commune
+
+
+def photo_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (320, 240), (30, 30, 30)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def submit(client, **fields):
+    token = csrf_from(client.get("/alpha/signalements/nouveau").text)
+    data = {
+        "csrf_token": token,
+        "service_code": "lampadaire-en-panne",
+        "description": "Le lampadaire est éteint depuis trois nuits.",
+        "address": LILAS,
+        "email": "habitant@example.org",
+    } | fields
+    files = [("photos", ("lampadaire.jpg", photo_bytes(), "image/jpeg"))]
+    return client.post(
+        "/alpha/signalements/nouveau",
+        data={k: v for k, v in data.items() if v is not None},
+        files=files,
+    )
+
+
+def emails(db, to: str) -> list[dict]:
+    with db.read() as session:
+        jobs = session.scalars(select(Job).where(Job.kind == "core.email")).all()
+    return [job.payload for job in jobs if job.payload["to"] == to]
+
+
+def only_report(db) -> Report:
+    with db.read() as session:
+        (report,) = session.scalars(select(Report)).all()
+    return report
+
+
+def test_resident_reports_by_typing_an_address_then_confirms_by_email(client, db, town):
+    form = client.get("/alpha/signalements/nouveau")
+    assert form.status_code == 200
+    assert "Signaler un problème" in form.text and 'name="address"' in form.text
+    sent = submit(client)
+    assert sent.status_code == 303, sent.text
+    receipt = client.get(sent.headers["location"])
+    report = only_report(db)
+    assert f"Votre numéro de signalement : {report.id}" in receipt.text
+    assert (report.lon, report.lat, report.address) == (0.853, 47.353, f"{LILAS}, Alpha")
+    assert not report.confirmed
+    assert client.get(f"/alpha/signalements/{report.id}").status_code == 404
+    (confirmation,) = emails(db, "habitant@example.org")
+    link = re.search(r"/alpha/signalements/\d+/confirmer/\S+", confirmation["body"]).group(0)
+    confirmed = client.get(link)
+    assert confirmed.status_code == 303
+    page = client.get(f"/alpha/signalements/{report.id}")
+    assert page.status_code == 200 and "Lampadaire en panne" in page.text
+    assert f"/alpha/signalements/{report.id}/photos/" in page.text
+    listed = client.get("/alpha/signalements")
+    assert f"/alpha/signalements/{report.id}" in listed.text
+
+
+def test_form_errors_are_french_keep_the_input_and_save_nothing(client, db, town):
+    cases = [
+        ({"service_code": ""}, "Choisissez une catégorie"),
+        ({"description": "x" * 4001}, "4000 caractères"),
+        ({"address": "", "lon": "2.35", "lat": "48.85"}, "aucune commune"),
+        ({"address": "12 impasse Inconnue"}, "Adresse introuvable"),
+        ({"email": ""}, "e-mail"),
+    ]
+    for fields, message in cases:
+        answer = submit(client, **fields)
+        assert answer.status_code == 400, fields
+        assert message in answer.text, fields
+        assert "Le lampadaire est éteint" in answer.text or "x" * 100 in answer.text
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Report)) == 0
+
+
+def test_a_script_in_a_description_stays_text(client, db, town):
+    db.write(service.set_anonymous_allowed, town.id, True)
+    submit(client, description='<script>alert("x")</script> trou', email="")
+    report = only_report(db)
+    page = client.get(f"/alpha/signalements/{report.id}")
+    assert '<script>alert("x")</script>' not in page.text
+    assert "&lt;script&gt;" in page.text
+
+
+def test_the_public_form_is_rate_limited_per_client(client, db, town):
+    db.write(service.set_anonymous_allowed, town.id, True)
+    for _ in range(views.RATE_MAX_REPORTS):
+        assert submit(client, email="").status_code == 303
+    refused = submit(client, email="")
+    assert refused.status_code == 429
+    assert "Trop de signalements" in refused.text
+
+
+def test_agents_handle_only_their_service_and_followers_are_told(client, db, town):
+    db.write(service.set_anonymous_allowed, town.id, True)
+    submit(client)
+    report = only_report(db)
+    login(client, "voirie@example.org")
+    assert (
+        f"/alpha/admin/signalements/{report.id}" not in client.get("/alpha/admin/signalements").text
+    )
+    assert client.get(f"/alpha/admin/signalements/{report.id}").status_code == 403
+    token = csrf_from(client.get("/alpha/admin/signalements").text)
+    refused = client.post(
+        f"/alpha/admin/signalements/{report.id}/statut",
+        data={"csrf_token": token, "status": "resolved"},
+    )
+    assert refused.status_code == 403
+    assert only_report(db).status == Status.NEW
+    client.cookies.clear()
+    login(client, "eclairage@example.org")
+    queue = client.get("/alpha/admin/signalements")
+    assert f"/alpha/admin/signalements/{report.id}" in queue.text
+    page = client.get(f"/alpha/admin/signalements/{report.id}")
+    token = csrf_from(page.text)
+    for status, reply in (("acknowledged", "Bien reçu."), ("resolved", "Lampe changée.")):
+        done = client.post(
+            f"/alpha/admin/signalements/{report.id}/statut",
+            data={"csrf_token": token, "status": status, "reply": reply},
+        )
+        assert done.status_code == 303
+    assert only_report(db).status == Status.RESOLVED
+    bodies = [mail["body"] for mail in emails(db, "habitant@example.org")]
+    assert any("Bien reçu." in body for body in bodies)
+    (resolved,) = [body for body in bodies if "Lampe changée." in body]
+    check = re.search(r"/alpha/signalements/\d+/verifier/\S+", resolved).group(0)
+    client.cookies.clear()
+    question = client.get(check)
+    answer = client.post(check, data={"csrf_token": csrf_from(question.text), "repare": "non"})
+    assert answer.status_code == 303
+    reopened = only_report(db)
+    assert reopened.status == Status.NEW
+    assert any("rouvert" in mail["subject"] for mail in emails(db, "eclairage@example.org"))
+    trail = client.get(f"/alpha/signalements/{report.id}").text
+    assert "Le demandeur indique que le problème n&#39;est pas réglé." in trail
+
+
+def test_an_agent_of_another_commune_sees_nothing(client, db, town):
+    beta = make_commune(db, "beta", "37002")
+    make_agent(db, beta.id, "agent-b@example.org")
+    db.write(service.set_anonymous_allowed, town.id, True)
+    submit(client)
+    report = only_report(db)
+    login(client, "agent-b@example.org")
+    assert client.get("/alpha/admin/signalements").status_code == 403
+    assert client.get(f"/alpha/admin/signalements/{report.id}").status_code == 403
+    assert client.get(f"/beta/admin/signalements/{report.id}").status_code == 404  # not in B
