@@ -227,9 +227,7 @@ def receipt(request: Request, context: Public, report_id: int, token: str) -> HT
     )
 
 
-@router.get(
-    "/{commune}/signalements/{report_id}/confirmer/{token}", response_class=HTMLResponse
-)
+@router.get("/{commune}/signalements/{report_id}/confirmer/{token}", response_class=HTMLResponse)
 async def confirm(request: Request, context: Public, report_id: int, token: str) -> Response:
     try:
         await request.app.state.db.awrite(
@@ -341,9 +339,7 @@ async def follow_report(request: Request, context: Public, report_id: int) -> Re
     )
 
 
-@router.get(
-    "/{commune}/signalements/{report_id}/desabonner/{token}", response_class=HTMLResponse
-)
+@router.get("/{commune}/signalements/{report_id}/desabonner/{token}", response_class=HTMLResponse)
 async def unfollow(request: Request, context: Public, report_id: int, token: str) -> Response:
     done = await request.app.state.db.awrite(service.unfollow, context.commune_id, report_id, token)
     message = (
