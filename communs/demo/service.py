@@ -17,6 +17,7 @@ from communs.core.db import Database
 from communs.core.models import Role
 from communs.core.settings import Settings
 from communs.demo.hub import load_demo_entities
+from communs.reports import service as reports
 
 DEMO_SLUG = "belvedere-sur-loire"
 DEMO_NAME = "Belvédère-sur-Loire"
@@ -64,6 +65,7 @@ def ensure_demo(db: Database, settings: Settings) -> dict[str, Any]:
         parsed = addresses.parse_bal(DEMO_BAL.read_bytes(), commune)
         db.write(addresses.replace_addresses, commune.id, parsed.rows)
     load_demo_entities(db, commune.id, DEMO_BOUNDARY)
+    db.write(reports.install_default_categories, commune.id)
     if saved and admin is not None and key is not None:
         return saved
     password = demo_password()

@@ -32,7 +32,7 @@ class Encoded:
 
 def reencode(data: bytes, filename: str = "") -> Encoded:
     """The photo as a clean JPEG; a clear French message for anything else."""
-    label = filename or "la photo"
+    label = filename or str(_l("la photo"))
     if len(data) > MAX_PHOTO_BYTES:
         raise InvalidInput(
             _l("« {name} » dépasse {limit} Mo.").format(

@@ -772,7 +772,8 @@ def notify_followers(session: Session, report: Report, event: ReportEvent, base_
     subject = _l("Signalement n° {number} : {status}").format(
         number=report.id, status=status_label(report.status)
     )
-    reply = f"\n\n{_l('Réponse du service :')}\n{event.text}" if event.text else ""
+    reply_label = str(_l("Réponse du service :"))
+    reply = f"\n\n{reply_label}\n{event.text}" if event.text else ""
     followers = session.scalars(select(Follower).where(Follower.report_id == report.id))
     for follower in followers:
         check = ""
