@@ -878,6 +878,165 @@ def _record(
     return event
 
 
+def change_category(
+    session: Session, report: Report, category_code: str, *, actor_user_id: int | None
+) -> ReportEvent:
+    """Re-file the report under another category: it moves to that category's service."""
+    category = _category_for(session, report.commune_id, category_code)
+    before = report.category_id
+    report.category_id, report.service_id = category.id, category.service_id
+    report.updated_at = utcnow()
+    event = _record(
+        session,
+        report,
+        "category",
+        public=False,
+        actor_user_id=actor_user_id,
+        text=category.name,
+        data={"from": before, "to": category.id},
+    )
+    publish_to_hub(session, report, category)
+    return event
+
+
+def assign(
+    session: Session, report: Report, user_id: int | None, *, actor_user_id: int | None
+) -> ReportEvent:
+    """Give the report to an agent of the commune (None: to nobody)."""
+    name = ""
+    if user_id is not None:
+        member = session.scalar(
+            select(User)
+            .join(Membership, Membership.user_id == User.id)
+            .where(User.id == user_id, Membership.commune_id == report.commune_id)
+        )
+        if member is None:
+            raise InvalidInput(_l("Cet agent n'appartient pas à la commune."), field="user_id")
+        name = member.name
+    report.assigned_user_id = user_id
+    report.updated_at = utcnow()
+    return _record(
+        session, report, "assigned", public=False, actor_user_id=actor_user_id, text=name
+    )
+
+
+def add_note(
+    session: Session, report: Report, text: str, *, actor_user_id: int | None
+) -> ReportEvent:
+    """An internal note: in the audit trail, never shown to the public."""
+    text = _required(text, "note")
+    report.updated_at = utcnow()
+    return _record(session, report, "note", public=False, actor_user_id=actor_user_id, text=text)
+
+
+def reply(
+    session: Session, report: Report, text: str, *, actor_user_id: int | None, base_url: str = ""
+) -> ReportEvent:
+    """A public reply, without a change of status; followers receive it."""
+    text = _required(text, "reply")
+    report.status_notes = text
+    report.updated_at = utcnow()
+    event = _record(session, report, "reply", public=True, actor_user_id=actor_user_id, text=text)
+    publish_to_hub(session, report)
+    notify_followers(session, report, event, base_url)
+    return event
+
+
+def merge(
+    session: Session,
+    duplicate: Report,
+    original_id: int,
+    *,
+    actor_user_id: int | None,
+    base_url: str = "",
+) -> Report:
+    """Close ``duplicate`` as a duplicate of the original; its followers (the reporter
+    included) follow the original from now on."""
+    original = get_report(session, duplicate.commune_id, original_id)
+    if original is None or original.id == duplicate.id or original.status == Status.DUPLICATE:
+        raise InvalidInput(
+            _l("Indiquez le numéro du signalement dont celui-ci est le doublon."),
+            field="duplicate_of",
+        )
+    set_status(
+        session,
+        duplicate,
+        Status.DUPLICATE,
+        actor_user_id=actor_user_id,
+        text=str(_l("Ce signalement est suivi sous le n° {number}.").format(number=original.id)),
+        duplicate_of=original.id,
+        base_url=base_url,
+    )
+    followers = session.scalars(select(Follower).where(Follower.report_id == duplicate.id))
+    for follower in list(followers):
+        follow(session, original, follower.email)
+    _record(
+        session,
+        original,
+        "merged",
+        public=False,
+        actor_user_id=actor_user_id,
+        text=str(duplicate.id),
+        data={"duplicate": duplicate.id},
+    )
+    return original
+
+
+def moderate(
+    session: Session,
+    report: Report,
+    *,
+    actor_user_id: int | None,
+    description: str | None = None,
+    hide_report: bool | None = None,
+    hide_photo_id: int | None = None,
+) -> ReportEvent:
+    """Redact the description, hide a photo, or hide (or show again) the report."""
+    changes: dict[str, Any] = {}
+    if description is not None and description.strip() != report.description:
+        report.description = _description(description)
+        changes["description"] = "redacted"
+    if hide_photo_id is not None:
+        photo = session.get(Photo, hide_photo_id)
+        if photo is None or photo.report_id != report.id:
+            raise InvalidInput(_l("Cette photo n'appartient pas au signalement."))
+        photo.hidden = True
+        changes["photo_hidden"] = photo.id
+    if hide_report is not None and hide_report != report.hidden:
+        report.hidden = hide_report
+        changes["hidden"] = hide_report
+    if not changes:
+        raise InvalidInput(_l("Rien à modérer : aucun changement demandé."))
+    report.updated_at = utcnow()
+    event = _record(
+        session, report, "moderated", public=False, actor_user_id=actor_user_id, data=changes
+    )
+    publish_to_hub(session, report)
+    return event
+
+
+def _required(text: str, field_name: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise InvalidInput(_l("Ce texte ne peut pas être vide."), field=field_name)
+    if len(text) > MAX_DESCRIPTION:
+        raise InvalidInput(
+            _l("Ce texte dépasse {limit} caractères.").format(limit=MAX_DESCRIPTION),
+            field=field_name,
+        )
+    return text
+
+
+def commune_agents(session: Session, commune_id: int) -> list[User]:
+    statement = (
+        select(User)
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.commune_id == commune_id, User.is_active.is_(True))
+        .order_by(User.name)
+    )
+    return list(dict.fromkeys(session.scalars(statement)))
+
+
 # ---------------------------------------------------------------- one city model
 
 

@@ -452,6 +452,7 @@ def queue(
             "service_names": names,
             "filters": {"etat": etat, "categorie": categorie},
             "status_label": service.status_label,
+            "statuses": status_choices(),
         },
     )
 
@@ -463,6 +464,7 @@ def agent_report(request: Request, context: Staff, report_id: int) -> HTMLRespon
         events = service.all_events(session, context.commune_id, report.id)
         categories = service.categories_by_id(session, context.commune_id)
         photos = service.visible_photo_ids(session, context.commune_id, [report.id])[report.id]
+        agents = service.commune_agents(session, context.commune_id)
     return render(
         request,
         "reports/agent_report.html",
@@ -474,6 +476,8 @@ def agent_report(request: Request, context: Staff, report_id: int) -> HTMLRespon
             "photos": photos,
             "statuses": status_choices(),
             "status_label": service.status_label,
+            "categories_list": list(categories.values()),
+            "agents": agents,
         },
     )
 
@@ -504,6 +508,190 @@ async def change_status(request: Request, context: Staff, report_id: int) -> Res
     except InvalidInput as error:
         return redirect(request, page, str(error), kind="error")
     return redirect(request, page, _("Statut enregistré ; les abonnés sont prévenus."))
+
+
+def _actor(context: CommuneContext) -> int | None:
+    return context.principal.user.id if context.principal.user else None
+
+
+def _optional_int(raw: Any) -> int | None:
+    text = str(raw or "").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _act_category(session: Any, report: Report, form: Any, context: CommuneContext, base: str):
+    service.change_category(
+        session, report, str(form.get("service_code", "")), actor_user_id=_actor(context)
+    )
+    return _("Catégorie changée : le signalement est transmis au service concerné.")
+
+
+def _act_assign(session: Any, report: Report, form: Any, context: CommuneContext, base: str):
+    service.assign(
+        session, report, _optional_int(form.get("user_id")), actor_user_id=_actor(context)
+    )
+    return _("Attribution enregistrée.")
+
+
+def _act_note(session: Any, report: Report, form: Any, context: CommuneContext, base: str):
+    service.add_note(session, report, str(form.get("note", "")), actor_user_id=_actor(context))
+    return _("Note interne ajoutée.")
+
+
+def _act_reply(session: Any, report: Report, form: Any, context: CommuneContext, base: str):
+    service.reply(
+        session, report, str(form.get("reply", "")), actor_user_id=_actor(context), base_url=base
+    )
+    return _("Réponse publiée ; les abonnés sont prévenus.")
+
+
+def _act_merge(session: Any, report: Report, form: Any, context: CommuneContext, base: str):
+    original = _optional_int(form.get("duplicate_of"))
+    service.merge(session, report, original or 0, actor_user_id=_actor(context), base_url=base)
+    return _("Doublon fusionné : ses abonnés suivent désormais le signalement d'origine.")
+
+
+def _act_moderate(session: Any, report: Report, form: Any, context: CommuneContext, base: str):
+    visibility = str(form.get("visibility", ""))
+    description = form.get("description")
+    service.moderate(
+        session,
+        report,
+        actor_user_id=_actor(context),
+        description=str(description) if description is not None else None,
+        hide_report={"hide": True, "show": False}.get(visibility),
+        hide_photo_id=_optional_int(form.get("hide_photo")),
+    )
+    return _("Modération enregistrée.")
+
+
+ACTIONS = {
+    "categorie": _act_category,
+    "attribution": _act_assign,
+    "note": _act_note,
+    "reponse": _act_reply,
+    "fusion": _act_merge,
+    "moderation": _act_moderate,
+}
+
+
+@router.post("/{commune}/admin/signalements/{report_id:int}/action/{action}")
+async def report_action(request: Request, context: Staff, report_id: int, action: str) -> Response:
+    """The back-office actions other than a status change, each in the audit trail."""
+    act = ACTIONS.get(action)
+    if act is None:
+        raise HTTPException(404)
+    form = await request.form()
+    page = f"/{context.commune.slug}/admin/signalements/{report_id}"
+
+    def run(session: Any) -> str:
+        report = _handled(context, service.get_report(session, context.commune_id, report_id))
+        return act(session, report, form, context, _base(request))
+
+    try:
+        message = await request.app.state.db.awrite(run)
+    except InvalidInput as error:
+        return redirect(request, page, str(error), kind="error")
+    return redirect(request, page, message)
+
+
+@router.post("/{commune}/admin/signalements/lot")
+async def bulk_status(request: Request, context: Staff) -> Response:
+    """One status (and reply) for the reports ticked in the queue."""
+    form = await request.form()
+    ids = [int(value) for value in form.getlist("ids") if str(value).isdigit()]
+    queue_page = f"/{context.commune.slug}/admin/signalements"
+
+    def run(session: Any) -> int:
+        reports = [
+            _handled(context, service.get_report(session, context.commune_id, report_id))
+            for report_id in ids
+        ]
+        for report in reports:
+            service.set_status(
+                session,
+                report,
+                str(form.get("status", "")),
+                actor_user_id=_actor(context),
+                text=str(form.get("reply", "")),
+                base_url=_base(request),
+            )
+        return len(reports)
+
+    if not ids:
+        return redirect(request, queue_page, _("Cochez au moins un signalement."), kind="error")
+    try:
+        count = await request.app.state.db.awrite(run)
+    except InvalidInput as error:
+        return redirect(request, queue_page, str(error), kind="error")
+    return redirect(
+        request, queue_page, _("{count} signalement(s) mis à jour.").format(count=count)
+    )
+
+
+@router.get("/{commune}/admin/signalements/nouveau", response_class=HTMLResponse)
+def counter_form(request: Request, context: Staff) -> HTMLResponse:
+    return _counter_page(request, context, {})
+
+
+def _counter_page(
+    request: Request, context: CommuneContext, values: dict[str, Any], error: Any = None
+) -> HTMLResponse:
+    with request.app.state.db.read() as session:
+        categories = service.categories(session, context.commune_id)
+    return render(
+        request,
+        "reports/counter.html",
+        {
+            "page_title": _("Saisir un signalement pour un usager"),
+            "groups": _grouped(categories),
+            "values": values,
+            "channels": [
+                (Channel.PHONE, _("Téléphone")),
+                (Channel.COUNTER, _("Accueil (guichet)")),
+                (Channel.EMAIL, _("Courrier électronique")),
+            ],
+            "error": str(error) if error else None,
+            "error_field": error.field if error else None,
+        },
+        status_code=400 if error else 200,
+    )
+
+
+@router.post("/{commune}/admin/signalements/nouveau")
+async def counter_submit(request: Request, context: Staff) -> Response:
+    """An agent files a report for a caller or a visitor; the channel is recorded."""
+    form = await request.form()
+    values = {key: value for key, value in form.items() if isinstance(value, str)}
+    try:
+        lon, lat, address = _location(request, context.commune_id, values)
+        submission = service.Submission(
+            category_code=values.get("service_code", ""),
+            description=values.get("description", ""),
+            lon=lon,
+            lat=lat,
+            address=address,
+            email=values.get("email", ""),
+            first_name=values.get("name", ""),
+            phone=values.get("phone", ""),
+            channel=values.get("channel", Channel.COUNTER),
+        )
+        if submission.channel == Channel.WEB or submission.channel not in set(Channel):
+            raise InvalidInput(_("Choisissez le canal par lequel l'usager s'est adressé à vous."))
+        report = await request.app.state.db.awrite(
+            service.create_report,
+            context.commune_id,
+            submission,
+            actor_user_id=_actor(context),
+            base_url=_base(request),
+        )
+    except InvalidInput as error:
+        return _counter_page(request, context, values, error)
+    return redirect(
+        request,
+        f"/{context.commune.slug}/admin/signalements/{report.id}",
+        _("Signalement n° {number} enregistré.").format(number=report.id),
+    )
 
 
 def _date(raw: str) -> dt.datetime | None:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from communs.core import service as core
 from communs.core.models import Job
 from communs.reports import service, views
-from communs.reports.models import Report, Status
+from communs.reports.models import Follower, Report, Status
 
 LILAS = "3 Rue des Lilas"
 
@@ -187,3 +187,133 @@ def test_an_agent_of_another_commune_sees_nothing(client, db, town):
     assert client.get("/alpha/admin/signalements").status_code == 403
     assert client.get(f"/alpha/admin/signalements/{report.id}").status_code == 403
     assert client.get(f"/beta/admin/signalements/{report.id}").status_code == 404  # not in B
+
+
+def act(client, report_id: int, action: str, **fields):
+    token = csrf_from(client.get(f"/alpha/admin/signalements/{report_id}").text)
+    return client.post(
+        f"/alpha/admin/signalements/{report_id}/action/{action}",
+        data={"csrf_token": token, **fields},
+    )
+
+
+def events_of(db, commune_id: int, report_id: int) -> list[tuple[str, bool, str]]:
+    with db.read() as session:
+        return [(e.kind, e.public, e.text) for e in service.all_events(session, commune_id, report_id)]
+
+
+def test_back_office_actions_are_audited_and_reach_the_right_people(client, db, town):
+    db.write(service.set_anonymous_allowed, town.id, True)
+    submit(client)
+    submit(client, email="voisin@example.org", description="Toujours éteint, rue des Lilas.")
+    with db.read() as session:
+        first, second = session.scalars(select(Report).order_by(Report.id)).all()
+    login(client, "eclairage@example.org")
+    assert act(client, first.id, "note", note="Vu avec le prestataire.").status_code == 303
+    assert act(client, first.id, "reponse", reply="Intervention cette semaine.").status_code == 303
+    public = client.get(f"/alpha/signalements/{first.id}").text
+    assert "Intervention cette semaine." in public and "prestataire" not in public
+    assert any(
+        "Intervention cette semaine." in m["body"] for m in emails(db, "habitant@example.org")
+    )
+    agents = {u.email: u.id for u in db.write(lambda s: service.commune_agents(s, town.id))}
+    assert (
+        act(client, first.id, "attribution", user_id=agents["eclairage@example.org"]).status_code
+        == 303
+    )
+    assert only_first(db).assigned_user_id == agents["eclairage@example.org"]
+    # Merging keeps every follower on the original.
+    assert act(client, second.id, "fusion", duplicate_of=str(first.id)).status_code == 303
+    with db.read() as session:
+        merged = session.get(Report, second.id)
+        followers = {
+            f.email for f in session.scalars(select(Follower).where(Follower.report_id == first.id))
+        }
+    assert merged.status == Status.DUPLICATE and merged.duplicate_of_id == first.id
+    assert followers == {"habitant@example.org", "voisin@example.org"}
+    # Moderation: redact, hide a photo, hide the report (public page, Open311 and hub).
+    photo_id = service_photo(db, town.id, first.id)
+    assert (
+        act(
+            client,
+            first.id,
+            "moderation",
+            description="Lampadaire éteint.",
+            hide_photo=str(photo_id),
+        ).status_code
+        == 303
+    )
+    assert client.get(f"/alpha/signalements/{first.id}/photos/{photo_id}.jpg").status_code == 404
+    assert act(client, first.id, "moderation", visibility="hide").status_code == 303
+    assert client.get(f"/alpha/signalements/{first.id}").status_code == 404
+    hub = client.get(
+        f"/ngsi-ld/v1/entities/urn:ngsi-ld:service_requests:{first.id}",
+        headers={"NGSILD-Tenant": "alpha"},
+    )
+    assert hub.status_code == 404
+    # Changing the category re-routes: the lighting agent loses it, roads gets it.
+    assert act(client, first.id, "categorie", service_code="nid-de-poule").status_code == 303
+    assert client.get(f"/alpha/admin/signalements/{first.id}").status_code == 403
+    kinds = [kind for kind, _public, _text in events_of(db, town.id, first.id)]
+    assert kinds == [
+        "created",
+        "note",
+        "reply",
+        "assigned",
+        "merged",
+        "moderated",
+        "moderated",
+        "category",
+    ]
+    client.cookies.clear()
+    login(client, "voirie@example.org")
+    trail = client.get(f"/alpha/admin/signalements/{first.id}").text
+    assert "Vu avec le prestataire." in trail
+
+
+def only_first(db) -> Report:
+    with db.read() as session:
+        return session.scalars(select(Report).order_by(Report.id)).first()
+
+
+def service_photo(db, commune_id: int, report_id: int) -> int:
+    with db.read() as session:
+        return service.visible_photo_ids(session, commune_id, [report_id])[report_id][0]
+
+
+def test_an_agent_files_for_a_caller_and_updates_reports_in_bulk(client, db, town):
+    login(client, "eclairage@example.org")
+    token = csrf_from(client.get("/alpha/admin/signalements/nouveau").text)
+    filed = client.post(
+        "/alpha/admin/signalements/nouveau",
+        data={
+            "csrf_token": token,
+            "channel": "phone",
+            "address": LILAS,
+            "service_code": "lampadaire-en-panne",
+            "description": "Appel : lampadaire clignotant.",
+            "phone": "02 47 00 00 00",
+        },
+    )
+    assert filed.status_code == 303, filed.text
+    again = client.post(
+        "/alpha/admin/signalements/nouveau",
+        data={
+            **dict(csrf_token=token, channel="counter", address=LILAS),
+            "service_code": "lampadaire-en-panne",
+            "description": "Guichet : même lampadaire.",
+        },
+    )
+    assert again.status_code == 303
+    with db.read() as session:
+        reports = session.scalars(select(Report).order_by(Report.id)).all()
+    assert [r.channel for r in reports] == ["phone", "counter"] and all(
+        r.confirmed for r in reports
+    )
+    bulk = client.post(
+        "/alpha/admin/signalements/lot",
+        data={"csrf_token": token, "ids": [str(r.id) for r in reports], "status": "in_progress"},
+    )
+    assert bulk.status_code == 303
+    with db.read() as session:
+        assert {r.status for r in session.scalars(select(Report))} == {Status.IN_PROGRESS}
