@@ -199,7 +199,8 @@ def act(client, report_id: int, action: str, **fields):
 
 def events_of(db, commune_id: int, report_id: int) -> list[tuple[str, bool, str]]:
     with db.read() as session:
-        return [(e.kind, e.public, e.text) for e in service.all_events(session, commune_id, report_id)]
+        trail = service.all_events(session, commune_id, report_id)
+    return [(event.kind, event.public, event.text) for event in trail]
 
 
 def test_back_office_actions_are_audited_and_reach_the_right_people(client, db, town):
