@@ -107,6 +107,8 @@ def navigation(request: Request, principal: Principal) -> list[NavItem]:
     items: list[tuple[str, str]] = [("/", _("Accueil"))]
     if commune is not None:
         items.append((f"/{commune.slug}/", commune.name))
+        for module in capability_modules("views"):
+            items.extend(getattr(module, "navigation_items", lambda _c, _p: [])(commune, principal))
         if principal.has_role(commune.id, [Role.COMMUNE_ADMIN]):
             items.append((f"/{commune.slug}/admin/", _("Administration de la commune")))
     if principal.user is not None and not principal.is_instance_admin:

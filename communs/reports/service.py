@@ -8,11 +8,14 @@ NGSI-LD entity shaped like the Smart Data Models Open311 model
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hmac
+import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from statistics import median as statistics_median
 from typing import Any
 
 from shapely.geometry import Point, shape
@@ -717,6 +720,99 @@ def updates_since(
 
 def count_reports(session: Session, commune_id: int) -> int:
     return session.scalar(select(func.count()).where(Report.commune_id == commune_id)) or 0
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclass
+class Statistics:
+    """Reports per category and month; median days to acknowledge and to resolve per
+    service; the share of resolved reports that their reporter reopened."""
+
+    per_category_month: dict[tuple[str, str], int]
+    months: list[str]
+    acknowledge_days: dict[str, float]
+    resolve_days: dict[str, float]
+    resolved: int
+    reopened: int
+
+    @property
+    def reopened_share(self) -> float:
+        return self.reopened / self.resolved if self.resolved else 0.0
+
+
+def statistics(session: Session, commune_id: int, since: dt.datetime) -> Statistics:
+    categories = categories_by_id(session, commune_id)
+    names = service_names(session, commune_id)
+    rows = session.execute(
+        select(
+            Report.category_id,
+            Report.service_id,
+            Report.requested_at,
+            Report.acknowledged_at,
+            Report.closed_at,
+            Report.status,
+        ).where(
+            Report.commune_id == commune_id,
+            Report.confirmed.is_(True),
+            Report.requested_at >= since,
+        )
+    ).all()
+    counts: dict[tuple[str, str], int] = {}
+    acknowledge: dict[str, list[float]] = {}
+    resolve: dict[str, list[float]] = {}
+    for category_id, service_id, requested, acknowledged, closed, status in rows:
+        month = requested.strftime("%Y-%m")
+        key = (categories[category_id].name, month)
+        counts[key] = counts.get(key, 0) + 1
+        agency = names.get(service_id, "")
+        if acknowledged is not None:
+            acknowledge.setdefault(agency, []).append(_days(acknowledged - requested))
+        if status == Status.RESOLVED and closed is not None:
+            resolve.setdefault(agency, []).append(_days(closed - requested))
+    resolved, reopened = _reopen_counts(session, commune_id, since)
+    return Statistics(
+        per_category_month=counts,
+        months=sorted({month for _name, month in counts}),
+        acknowledge_days={k: round(statistics_median(v), 1) for k, v in acknowledge.items()},
+        resolve_days={k: round(statistics_median(v), 1) for k, v in resolve.items()},
+        resolved=resolved,
+        reopened=reopened,
+    )
+
+
+def _days(delta: dt.timedelta) -> float:
+    return delta.total_seconds() / 86_400
+
+
+def _reopen_counts(session: Session, commune_id: int, since: dt.datetime) -> tuple[int, int]:
+    """Reports resolved at least once, and those of them reopened, since ``since``."""
+
+    def reports_with(condition: Any) -> int:
+        statement = select(func.count(func.distinct(ReportEvent.report_id))).where(
+            ReportEvent.commune_id == commune_id, ReportEvent.created_at >= since, condition
+        )
+        return session.scalar(statement) or 0
+
+    resolved = reports_with(ReportEvent.status == Status.RESOLVED)
+    return resolved, reports_with(ReportEvent.kind == "reopened")
+
+
+def statistics_csv(stats: Statistics) -> str:
+    """The figures as one long table (indicator, service, category, month, value),
+    semicolon-separated as French spreadsheets expect."""
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=";", lineterminator="\r\n")
+    writer.writerow(["indicateur", "service", "categorie", "mois", "valeur"])
+    for (category, month), count in sorted(stats.per_category_month.items()):
+        writer.writerow(["signalements", "", category, month, count])
+    for agency, days in sorted(stats.acknowledge_days.items()):
+        writer.writerow(["delai_median_prise_en_compte_jours", agency, "", "", days])
+    for agency, days in sorted(stats.resolve_days.items()):
+        writer.writerow(["delai_median_resolution_jours", agency, "", "", days])
+    writer.writerow(["part_rouverts", "", "", "", round(stats.reopened_share, 4)])
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------- acting on a report

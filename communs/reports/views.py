@@ -38,6 +38,14 @@ RATE_WINDOW_SECONDS = 600
 RATE_MAX_REPORTS = 10
 
 
+def navigation_items(commune: Any, principal: Any) -> list[tuple[str, str]]:
+    """The reports' entries of the site's menu for this commune."""
+    items = [(f"/{commune.slug}/signalements", _("Signalements"))]
+    if principal.has_role(commune.id, ALL_STAFF):
+        items.append((f"/{commune.slug}/admin/signalements", _("Signalements à traiter")))
+    return items
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -393,6 +401,37 @@ def photo(request: Request, context: Public, report_id: int, photo_id: int) -> R
         found.content,
         media_type="image/jpeg",
         headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/{commune}/signalements/statistiques", response_class=HTMLResponse)
+def statistics_page(request: Request, context: Public, periode: str = "365") -> HTMLResponse:
+    days = PERIODS.get(periode, 365)
+    with request.app.state.db.read() as session:
+        stats = service.statistics(session, context.commune_id, utcnow() - dt.timedelta(days=days))
+    categories = sorted({name for name, _month in stats.per_category_month})
+    return render(
+        request,
+        "reports/statistics.html",
+        {
+            "page_title": _("Statistiques des signalements"),
+            "stats": stats,
+            "categories": categories,
+            "period": str(days),
+        },
+    )
+
+
+@router.get("/{commune}/signalements/statistiques.csv")
+def statistics_export(request: Request, context: Public, periode: str = "365") -> Response:
+    days = PERIODS.get(periode, 365)
+    with request.app.state.db.read() as session:
+        stats = service.statistics(session, context.commune_id, utcnow() - dt.timedelta(days=days))
+    name = f"signalements-{context.commune.slug}-{days}j.csv"
+    return Response(
+        "\ufeff" + service.statistics_csv(stats),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 

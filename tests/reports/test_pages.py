@@ -3,6 +3,8 @@ link, follow; agents handle their service's queue; French errors; escaping; rate
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import io
 import re
 
@@ -318,3 +320,42 @@ def test_an_agent_files_for_a_caller_and_updates_reports_in_bulk(client, db, tow
     assert bulk.status_code == 303
     with db.read() as session:
         assert {r.status for r in session.scalars(select(Report))} == {Status.IN_PROGRESS}
+
+
+def test_statistics_and_their_csv_agree_with_a_recount(client, db, town):
+    db.write(service.set_anonymous_allowed, town.id, True)
+    for code in ("lampadaire-en-panne", "lampadaire-en-panne", "nid-de-poule"):
+        submit(client, service_code=code)
+    with db.read() as session:
+        reports = session.scalars(select(Report).order_by(Report.id)).all()
+    day = dt.timedelta(days=1)
+
+    def age(session):
+        for report, (ack, fixed) in zip(reports, ((1, 3), (2, 5), (4, None)), strict=True):
+            stored = session.get(Report, report.id)
+            stored.requested_at -= dt.timedelta(days=10)
+            stored.acknowledged_at = stored.requested_at + ack * day
+            if fixed is not None:
+                service.set_status(session, stored, Status.RESOLVED, actor_user_id=None)
+                stored.closed_at = stored.requested_at + fixed * day
+
+    db.write(age)
+    first = reports[0]
+    db.write(service.answer_fixed, town.id, first.id, first.tracking_token, False, base_url="")
+    page = client.get("/alpha/signalements/statistiques")
+    assert page.status_code == 200
+    assert "1 sur 2 (50.0 %)" in page.text
+    exported = client.get("/alpha/signalements/statistiques.csv")
+    assert exported.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(exported.text.lstrip("\ufeff")), delimiter=";"))
+    assert rows[0] == ["indicateur", "service", "categorie", "mois", "valeur"]
+    values = {(r[0], r[1], r[2]): r[4] for r in rows[1:]}
+    month = (dt.datetime.now(dt.UTC) - dt.timedelta(days=10)).strftime("%Y-%m")
+    assert {r[3] for r in rows if r[0] == "signalements"} == {month}
+    assert values[("signalements", "", "Lampadaire en panne")] == "2"
+    assert values[("signalements", "", "Nid-de-poule")] == "1"
+    assert values[("delai_median_prise_en_compte_jours", "Éclairage public", "")] == "1.5"
+    assert values[("delai_median_prise_en_compte_jours", "Voirie", "")] == "4.0"
+    # Only the second lighting report is still resolved (the first was reopened).
+    assert values[("delai_median_resolution_jours", "Éclairage public", "")] == "5.0"
+    assert values[("part_rouverts", "", "")] == "0.5"

@@ -142,7 +142,9 @@ def test_a_resident_reports_twice_and_the_lighting_agent_resolves(site, tmp_path
     queue = page.content()
     for number in (by_address, by_map):
         assert f"/{DEMO_SLUG}/admin/signalements/{number}" in queue
-    page.goto(f"/{DEMO_SLUG}/admin/signalements/{by_address}")
+    assert_no_axe_violations(page, f"/{DEMO_SLUG}/admin/signalements/nouveau")
+    assert_no_axe_violations(page, f"/{DEMO_SLUG}/signalements/statistiques")
+    assert_no_axe_violations(page, f"/{DEMO_SLUG}/admin/signalements/{by_address}")
     for status, reply in (
         ("acknowledged", "Nous avons bien reçu votre signalement."),
         ("resolved", "La lampe a été remplacée."),
