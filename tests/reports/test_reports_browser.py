@@ -88,9 +88,12 @@ def photo_file(tmp_path: Path) -> Path:
     return path
 
 
-def fill_report(page, tmp_path: Path) -> None:
+HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script> éteint'
+
+
+def fill_report(page, tmp_path: Path, description: str = "Le lampadaire est éteint.") -> None:
     page.select_option("#field-service_code", "lampadaire-en-panne")
-    page.fill("#field-description", "Le lampadaire ne s'allume plus depuis lundi.")
+    page.fill("#field-description", description)
     page.set_input_files("#field-photos", str(photo_file(tmp_path)))
     page.fill("#field-email", RESIDENT)
 
@@ -129,8 +132,11 @@ def test_a_resident_reports_twice_and_the_lighting_agent_resolves(site, tmp_path
     )
     page.wait_for_function("document.getElementById('field-lon').value !== ''")
     assert "Point placé" in page.locator("#location-status").inner_text()
-    fill_report(page, tmp_path)
+    fill_report(page, tmp_path, HOSTILE)
     by_map = send_and_confirm(page, box)
+    page.goto(f"/{DEMO_SLUG}/signalements/{by_map}")
+    assert HOSTILE in page.locator(".report-description").inner_text()
+    assert page.evaluate("window.pwned") is None  # the markup stayed text
 
     report_page = f"/{DEMO_SLUG}/signalements/{by_address}"
     assert_no_axe_violations(page, report_page)
@@ -145,6 +151,9 @@ def test_a_resident_reports_twice_and_the_lighting_agent_resolves(site, tmp_path
     assert_no_axe_violations(page, f"/{DEMO_SLUG}/admin/signalements/nouveau")
     assert_no_axe_violations(page, f"/{DEMO_SLUG}/signalements/statistiques")
     assert_no_axe_violations(page, f"/{DEMO_SLUG}/admin/signalements/{by_address}")
+    page.goto(f"/{DEMO_SLUG}/admin/signalements/{by_map}")
+    assert page.evaluate("window.pwned") is None
+    page.goto(f"/{DEMO_SLUG}/admin/signalements/{by_address}")
     for status, reply in (
         ("acknowledged", "Nous avons bien reçu votre signalement."),
         ("resolved", "La lampe a été remplacée."),
