@@ -181,3 +181,16 @@ class Photo(Base):
     content: Mapped[bytes] = mapped_column(LargeBinary)
     hidden: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReplyTemplate(Base):
+    """A public reply the commune's agents reuse (and edit before sending)."""
+
+    __tablename__ = "reports_reply_templates"
+    __table_args__ = (UniqueConstraint("commune_id", "title"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    commune_id: Mapped[int] = mapped_column(ForeignKey("communes.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

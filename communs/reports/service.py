@@ -38,6 +38,7 @@ from communs.reports.models import (
     Channel,
     Follower,
     Photo,
+    ReplyTemplate,
     Report,
     ReportEvent,
     ReportSettings,
@@ -223,6 +224,49 @@ def _own_service(session: Session, commune_id: int, service_id: int) -> Service:
     if found is None or found.commune_id != commune_id:
         raise InvalidInput(_l("Ce service n'existe pas dans la commune."), field="service_id")
     return found
+
+
+def set_category_active(session: Session, commune_id: int, category_id: int, active: bool) -> None:
+    category = session.get(Category, category_id)
+    if category is None or category.commune_id != commune_id:
+        raise InvalidInput(_l("Cette catégorie n'existe pas dans la commune."))
+    category.is_active = active
+
+
+# ---------------------------------------------------------------- reply templates
+
+
+def reply_templates(session: Session, commune_id: int) -> list[ReplyTemplate]:
+    statement = select(ReplyTemplate).where(ReplyTemplate.commune_id == commune_id)
+    return list(session.scalars(statement.order_by(ReplyTemplate.title)))
+
+
+def save_reply_template(session: Session, commune_id: int, title: str, text: str) -> ReplyTemplate:
+    """A new template, or the new text of the template of that title."""
+    title = validate_name(title, "title")
+    text = _required(text, "text")
+    found = session.scalar(
+        select(ReplyTemplate).where(
+            ReplyTemplate.commune_id == commune_id, ReplyTemplate.title == title
+        )
+    )
+    if found is None:
+        found = ReplyTemplate(commune_id=commune_id, title=title, text=text)
+        session.add(found)
+    found.text = text
+    session.flush()
+    return found
+
+
+def delete_reply_template(session: Session, commune_id: int, template_id: int) -> None:
+    found = session.get(ReplyTemplate, template_id)
+    if found is not None and found.commune_id == commune_id:
+        session.delete(found)
+
+
+def template_text(session: Session, commune_id: int, template_id: int | None) -> str:
+    found = session.get(ReplyTemplate, template_id) if template_id else None
+    return found.text if found is not None and found.commune_id == commune_id else ""
 
 
 # ---------------------------------------------------------------- filing a report

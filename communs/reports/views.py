@@ -4,6 +4,7 @@ follow and confirm links, and the agents' back-office."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections import deque
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 from communs.core import addresses
 from communs.core.auth import (
     ALL_STAFF,
+    COMMUNE_ADMIN,
     AccessDenied,
     CommuneContext,
     commune_access,
@@ -504,6 +506,7 @@ def agent_report(request: Request, context: Staff, report_id: int) -> HTMLRespon
         categories = service.categories_by_id(session, context.commune_id)
         photos = service.visible_photo_ids(session, context.commune_id, [report.id])[report.id]
         agents = service.commune_agents(session, context.commune_id)
+        templates = service.reply_templates(session, context.commune_id)
     return render(
         request,
         "reports/agent_report.html",
@@ -517,6 +520,7 @@ def agent_report(request: Request, context: Staff, report_id: int) -> HTMLRespon
             "status_label": service.status_label,
             "categories_list": list(categories.values()),
             "agents": agents,
+            "templates": templates,
         },
     )
 
@@ -536,7 +540,7 @@ async def change_status(request: Request, context: Staff, report_id: int) -> Res
             report,
             str(form.get("status", "")),
             actor_user_id=user_id,
-            text=str(form.get("reply", "")),
+            text=_reply_text(session, context, form),
             expected_at=_date(expected),
             duplicate_of=int(duplicate) if duplicate.isdigit() else None,
             base_url=_base(request),
@@ -577,9 +581,21 @@ def _act_note(session: Any, report: Report, form: Any, context: CommuneContext, 
     return _("Note interne ajoutée.")
 
 
+def _reply_text(session: Any, context: CommuneContext, form: Any) -> str:
+    """The reply typed, else the text of the template chosen."""
+    typed = str(form.get("reply", "")).strip()
+    if typed:
+        return typed
+    return service.template_text(session, context.commune_id, _optional_int(form.get("template")))
+
+
 def _act_reply(session: Any, report: Report, form: Any, context: CommuneContext, base: str):
     service.reply(
-        session, report, str(form.get("reply", "")), actor_user_id=_actor(context), base_url=base
+        session,
+        report,
+        _reply_text(session, context, form),
+        actor_user_id=_actor(context),
+        base_url=base,
     )
     return _("Réponse publiée ; les abonnés sont prévenus.")
 
@@ -731,6 +747,120 @@ async def counter_submit(request: Request, context: Staff) -> Response:
         f"/{context.commune.slug}/admin/signalements/{report.id}",
         _("Signalement n° {number} enregistré.").format(number=report.id),
     )
+
+
+# ---------------------------------------------------------------- commune settings
+
+CommuneAdmin = Annotated[CommuneContext, Depends(commune_access(roles=COMMUNE_ADMIN))]
+
+
+@router.get("/{commune}/admin/signalements/reglages", response_class=HTMLResponse)
+def settings_page(request: Request, context: CommuneAdmin) -> HTMLResponse:
+    return _settings_page(request, context, {})
+
+
+def _settings_page(
+    request: Request, context: CommuneContext, values: dict[str, Any], error: Any = None
+) -> HTMLResponse:
+    with request.app.state.db.read() as session:
+        categories = service.categories(session, context.commune_id, active_only=False)
+        templates = service.reply_templates(session, context.commune_id)
+        names = service.service_names(session, context.commune_id)
+        anonymous = service.settings_of(session, context.commune_id).anonymous_allowed
+    return render(
+        request,
+        "reports/settings.html",
+        {
+            "page_title": _("Réglages des signalements"),
+            "categories": categories,
+            "templates": templates,
+            "service_names": names,
+            "anonymous": anonymous,
+            "values": values,
+            "error": str(error) if error else None,
+            "error_field": error.field if error else None,
+        },
+        status_code=400 if error else 200,
+    )
+
+
+async def _settings_action(
+    request: Request, context: CommuneContext, unit: Any, message: str
+) -> Response:
+    form = await request.form()
+    values = {key: value for key, value in form.items() if isinstance(value, str)}
+    try:
+        await request.app.state.db.awrite(unit, values)
+    except InvalidInput as error:
+        return _settings_page(request, context, values, error)
+    return redirect(request, f"/{context.commune.slug}/admin/signalements/reglages", message)
+
+
+@router.post("/{commune}/admin/signalements/reglages/categories")
+async def add_category(request: Request, context: CommuneAdmin) -> Response:
+    def unit(session: Any, values: dict[str, str]) -> None:
+        try:
+            questions = json.loads(values.get("attributes") or "[]")
+        except ValueError:
+            raise InvalidInput(
+                _("Les questions doivent être une liste JSON de définitions Open311."),
+                field="attributes",
+            ) from None
+        if not isinstance(questions, list) or not all(isinstance(q, dict) for q in questions):
+            raise InvalidInput(
+                _("Les questions doivent être une liste JSON de définitions Open311."),
+                field="attributes",
+            )
+        service.create_category(
+            session,
+            context.commune_id,
+            code=values.get("code", ""),
+            name=values.get("name", ""),
+            service_id=_optional_int(values.get("service_id")) or 0,
+            group=values.get("group", ""),
+            description=values.get("description", ""),
+            notice=values.get("notice", ""),
+            emergency_notice=values.get("emergency_notice", ""),
+            attributes=questions,
+        )
+
+    return await _settings_action(request, context, unit, _("Catégorie ajoutée."))
+
+
+@router.post("/{commune}/admin/signalements/reglages/categories/{category_id:int}/active")
+async def toggle_category(request: Request, context: CommuneAdmin, category_id: int) -> Response:
+    def unit(session: Any, values: dict[str, str]) -> None:
+        service.set_category_active(
+            session, context.commune_id, category_id, values.get("active") == "1"
+        )
+
+    return await _settings_action(request, context, unit, _("Catégorie mise à jour."))
+
+
+@router.post("/{commune}/admin/signalements/reglages/modeles")
+async def save_template(request: Request, context: CommuneAdmin) -> Response:
+    def unit(session: Any, values: dict[str, str]) -> None:
+        service.save_reply_template(
+            session, context.commune_id, values.get("title", ""), values.get("text", "")
+        )
+
+    return await _settings_action(request, context, unit, _("Modèle de réponse enregistré."))
+
+
+@router.post("/{commune}/admin/signalements/reglages/modeles/{template_id:int}/supprimer")
+async def delete_template(request: Request, context: CommuneAdmin, template_id: int) -> Response:
+    def unit(session: Any, _values: dict[str, str]) -> None:
+        service.delete_reply_template(session, context.commune_id, template_id)
+
+    return await _settings_action(request, context, unit, _("Modèle de réponse supprimé."))
+
+
+@router.post("/{commune}/admin/signalements/reglages/anonymes")
+async def set_anonymous(request: Request, context: CommuneAdmin) -> Response:
+    def unit(session: Any, values: dict[str, str]) -> None:
+        service.set_anonymous_allowed(session, context.commune_id, values.get("allowed") == "1")
+
+    return await _settings_action(request, context, unit, _("Réglage enregistré."))
 
 
 def _date(raw: str) -> dt.datetime | None:

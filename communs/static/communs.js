@@ -12,3 +12,10 @@ document.addEventListener("htmx:afterRequest", (event) => {
   const bar = form && form.querySelector("progress");
   if (bar) bar.hidden = true;
 });
+document.addEventListener("change", (event) => {
+  const select = event.target.closest("select[data-fills]");
+  if (!select) return;
+  const option = select.selectedOptions[0];
+  const target = document.getElementById(select.dataset.fills);
+  if (target && option && option.dataset.text) target.value = option.dataset.text;
+});

@@ -359,3 +359,63 @@ def test_statistics_and_their_csv_agree_with_a_recount(client, db, town):
     # Only the second lighting report is still resolved (the first was reopened).
     assert values[("delai_median_resolution_jours", "Éclairage public", "")] == "5.0"
     assert values[("part_rouverts", "", "")] == "0.5"
+
+
+def test_the_commune_admin_sets_categories_and_reply_templates(client, db, town):
+    make_agent(db, town.id, "maire@example.org", role="commune_admin")
+    login(client, "eclairage@example.org")
+    assert client.get("/alpha/admin/signalements/reglages").status_code == 403
+    client.cookies.clear()
+    login(client, "maire@example.org")
+    page = client.get("/alpha/admin/signalements/reglages")
+    assert page.status_code == 200
+    token = csrf_from(page.text)
+    with db.read() as session:
+        green = next(s for s in core.list_services(session, town.id) if s.slug == "espaces-verts")
+    questions = (
+        '[{"code": "bloque", "description": "Bloque la route ?", "datatype": "singlevaluelist",'
+        ' "required": true, "values": [{"key": "oui", "name": "Oui", "blocks": true},'
+        ' {"key": "non", "name": "Non"}]}]'
+    )
+    added = client.post(
+        "/alpha/admin/signalements/reglages/categories",
+        data={
+            "csrf_token": token,
+            "code": "arbre-tombe",
+            "name": "Arbre tombé",
+            "service_id": str(green.id),
+            "emergency_notice": "Appelez le 18.",
+            "attributes": questions,
+        },
+    )
+    assert added.status_code == 303
+    broken = client.post(
+        "/alpha/admin/signalements/reglages/categories",
+        data={
+            "csrf_token": token,
+            "code": "x",
+            "name": "X",
+            "service_id": str(green.id),
+            "attributes": "{pas du json",
+        },
+    )
+    assert broken.status_code == 400 and "liste JSON" in broken.text
+    definition = client.get(
+        "/open311/v2/services/arbre-tombe.json", params={"jurisdiction_id": "alpha"}
+    ).json()
+    assert definition["attributes"][0]["code"] == "bloque"
+    saved = client.post(
+        "/alpha/admin/signalements/reglages/modeles",
+        data={"csrf_token": token, "title": "Transmis", "text": "Transmis au prestataire."},
+    )
+    assert saved.status_code == 303
+    with db.read() as session:
+        (template,) = service.reply_templates(session, town.id)
+    db.write(service.set_anonymous_allowed, town.id, True)
+    client.cookies.clear()
+    submit(client)
+    report = only_report(db)
+    login(client, "eclairage@example.org")
+    replied = act(client, report.id, "reponse", reply="", template=str(template.id))
+    assert replied.status_code == 303
+    assert "Transmis au prestataire." in client.get(f"/alpha/signalements/{report.id}").text
