@@ -419,3 +419,64 @@ def test_the_commune_admin_sets_categories_and_reply_templates(client, db, town)
     replied = act(client, report.id, "reponse", reply="", template=str(template.id))
     assert replied.status_code == 303
     assert "Transmis au prestataire." in client.get(f"/alpha/signalements/{report.id}").text
+
+
+def test_follow_unfollow_nearby_and_list_filters(client, db, town):
+    db.write(service.set_anonymous_allowed, town.id, True)
+    submit(client, email="")
+    report = only_report(db)
+    page = client.get(f"/alpha/signalements/{report.id}")
+    followed = client.post(
+        f"/alpha/signalements/{report.id}/suivre",
+        data={"csrf_token": csrf_from(page.text), "email": "voisine@example.org"},
+    )
+    assert followed.status_code == 303
+    nearby = client.get(
+        "/alpha/signalements/proches",
+        params={"lon": "0.8531", "lat": "47.3531", "categorie": "lampadaire-en-panne"},
+    )
+    assert (
+        f"/alpha/signalements/{report.id}" in nearby.text and "Suivre ce signalement" in nearby.text
+    )
+    far = client.get(
+        "/alpha/signalements/proches",
+        params={"lon": "0.86", "lat": "47.36", "categorie": "lampadaire-en-panne"},
+    )
+    other = client.get(
+        "/alpha/signalements/proches",
+        params={"lon": "0.8531", "lat": "47.3531", "categorie": "nid-de-poule"},
+    )
+    assert f"/signalements/{report.id}" not in far.text + other.text
+    db.write(
+        lambda session: service.set_status(
+            session,
+            service.get_report(session, town.id, report.id),
+            Status.IN_PROGRESS,
+            actor_user_id=None,
+            text="Équipe en route.",
+        )
+    )
+    (news,) = emails(db, "voisine@example.org")
+    stop = re.search(r"/alpha/signalements/\d+/desabonner/\S+", news["body"]).group(0)
+    assert client.get(stop).status_code == 303
+    db.write(
+        lambda session: service.set_status(
+            session,
+            service.get_report(session, town.id, report.id),
+            Status.RESOLVED,
+            actor_user_id=None,
+        )
+    )
+    assert len(emails(db, "voisine@example.org")) == 1  # nothing after unsubscribing
+    assert (
+        f"/alpha/signalements/{report.id}"
+        in client.get("/alpha/signalements", params={"etat": "clos"}).text
+    )
+    assert (
+        f"/alpha/signalements/{report.id}"
+        not in client.get("/alpha/signalements", params={"etat": "ouverts"}).text
+    )
+    assert (
+        f"/alpha/signalements/{report.id}"
+        not in client.get("/alpha/signalements", params={"categorie": "nid-de-poule"}).text
+    )
