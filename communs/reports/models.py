@@ -91,6 +91,7 @@ class Report(Base):
         Index("ix_reports_commune_requested", "commune_id", "requested_at"),
         Index("ix_reports_commune_updated", "commune_id", "updated_at"),
         Index("ix_reports_commune_service_status", "commune_id", "service_id", "status"),
+        Index("ix_reports_commune_category_requested", "commune_id", "category_id", "requested_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
