@@ -1,19 +1,21 @@
-"""A third-party Open311 client from PyPI against a real ``communs serve``.
+"""Third-party Open311 clients from PyPI against a real ``communs serve``.
 
-``georeport`` (PyPI, Python 3) reads services, definitions and requests, in JSON and in
-XML. It cannot post (its documentation says so), and the older PyPI clients that can
-(``three``, ``open311``) are Python 2 only; posting is done here exactly as the
+``three`` (Code for America) posts a request with a photo and reads requests back (in
+JSON; its XML reader is Python 2 only). ``georeport`` reads services, definitions and
+requests in JSON and in XML; it cannot post, so its request is posted exactly as the
 GeoReport v2 specification describes it: a form-urlencoded POST with ``api_key``.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import httpx
 from conftest import make_commune
 from georeport import GeoReport
 from live_server import communs_serve
+from PIL import Image
 
 from communs.core import service as core
 from communs.core.db import Database
@@ -58,3 +60,49 @@ def test_georeport_reads_what_a_form_post_created(database_url: str, tmp_path: P
             listed = client.get_service_requests(service_code="depot-sauvage", status="open")
             listed = listed if isinstance(listed, list) else [listed]
             assert [item["service_request_id"] for item in listed] == [number]
+
+
+def test_three_posts_with_a_photo_and_reads_back(
+    database_url: str, tmp_path: Path, monkeypatch
+) -> None:
+    # three 0.8 (PyPI, by Code for America) predates Python 3: ``itertools.ifilter`` is its
+    # only obstacle on import; ``filter`` is the same function in Python 3.
+    monkeypatch.setattr(itertools, "ifilter", filter, raising=False)
+    from three import Three
+
+    db = Database(database_url)
+    commune = make_commune(db, "alpha", "37001")
+    db.write(service.install_default_categories, commune.id)
+    key = db.write(
+        core.create_api_key, commune_id=commune.id, name="three", scopes=["reports:write"]
+    ).secret
+    db.close()
+    photo = tmp_path / "tas.jpg"
+    Image.new("RGB", (200, 150), (90, 90, 90)).save(photo, "JPEG")
+    with communs_serve(database_url, tmp_path) as url:
+        client = Three(f"{url}/open311/v2", api_key=key, jurisdiction="alpha")
+        codes = {item["service_code"] for item in client.services()}
+        assert "depot-sauvage" in codes
+        with photo.open("rb") as media:
+            created = client.post(
+                "depot-sauvage",
+                description="Gravats déposés au coin de la rue.",
+                lat="47.36",
+                long="0.86",
+                email="habitant@example.org",
+                name="Camille Martin",
+                media=media,
+            )
+        assert client.post_response.status_code == 201, created
+        number = created[0]["service_request_id"]
+        (request,) = client.request(number)
+        assert request["description"] == "Gravats déposés au coin de la rue."
+        assert request["media_url"].endswith(".jpg")
+        assert httpx.get(request["media_url"]).headers["content-type"] == "image/jpeg"
+        listed = client.requests("depot-sauvage")
+        assert [item["service_request_id"] for item in listed] == [number]
+        refused = Three(f"{url}/open311/v2", api_key="wrong", jurisdiction="alpha")
+        assert (
+            refused.post("depot-sauvage", description="x", lat="47.36", long="0.86")[0]["code"]
+            == 403
+        )
