@@ -483,6 +483,10 @@ def queue(
         reports = service.find_reports(session, context.commune_id, wanted)
         categories = service.categories_by_id(session, context.commune_id)
         names = service.service_names(session, context.commune_id)
+    points = [
+        {"id": r.id, "lon": r.lon, "lat": r.lat, "label": categories[r.category_id].name}
+        for r in reports
+    ]
     return render(
         request,
         "reports/queue.html",
@@ -494,6 +498,7 @@ def queue(
             "filters": {"etat": etat, "categorie": categorie},
             "status_label": service.status_label,
             "statuses": status_choices(),
+            "points": points,
         },
     )
 
@@ -527,14 +532,17 @@ def agent_report(request: Request, context: Staff, report_id: int) -> HTMLRespon
 
 @router.post("/{commune}/admin/signalements/{report_id:int}/statut")
 async def change_status(request: Request, context: Staff, report_id: int) -> Response:
-    form = await request.form()
+    """A new status with its public reply; "resolved" may carry a proof photo."""
+    form = await request.form(max_part_size=request.app.state.settings.upload_max_bytes)
     page = f"/{context.commune.slug}/admin/signalements/{report_id}"
     user_id = context.principal.user.id if context.principal.user else None
 
-    def act(session: Any) -> None:
+    def act(session: Any, proofs: list[Any]) -> None:
         report = _handled(context, service.get_report(session, context.commune_id, report_id))
         expected = str(form.get("expected_at") or "")
         duplicate = str(form.get("duplicate_of") or "")
+        for proof in proofs:
+            service.add_photo(session, report, proof, kind="proof")
         service.set_status(
             session,
             report,
@@ -547,7 +555,8 @@ async def change_status(request: Request, context: Staff, report_id: int) -> Res
         )
 
     try:
-        await request.app.state.db.awrite(act)
+        proofs = await read_photos(form.getlist("proof"))
+        await request.app.state.db.awrite(act, proofs)
     except InvalidInput as error:
         return redirect(request, page, str(error), kind="error")
     return redirect(request, page, _("Statut enregistré ; les abonnés sont prévenus."))

@@ -155,8 +155,7 @@
       }
     });
     map.on("click", "points", (event) => {
-      const slug = window.location.pathname.split("/")[1];
-      window.location.href = `/${slug}/signalements/${event.features[0].properties.id}`;
+      window.location.href = container.dataset.link + event.features[0].properties.id;
     });
     map.on("mouseenter", "points", () => { map.getCanvas().style.cursor = "pointer"; });
     map.on("mouseleave", "points", () => { map.getCanvas().style.cursor = ""; });

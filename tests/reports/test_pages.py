@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from communs.core import service as core
 from communs.core.models import Job
 from communs.reports import service, views
-from communs.reports.models import Follower, Report, Status
+from communs.reports.models import Follower, Photo, Report, Status
 
 LILAS = "3 Rue des Lilas"
 
@@ -479,4 +479,26 @@ def test_follow_unfollow_nearby_and_list_filters(client, db, town):
     assert (
         f"/alpha/signalements/{report.id}"
         not in client.get("/alpha/signalements", params={"categorie": "nid-de-poule"}).text
+    )
+
+
+def test_resolved_with_a_proof_photo_shown_on_the_report(client, db, town):
+    db.write(service.set_anonymous_allowed, town.id, True)
+    submit(client)
+    report = only_report(db)
+    login(client, "eclairage@example.org")
+    token = csrf_from(client.get(f"/alpha/admin/signalements/{report.id}").text)
+    done = client.post(
+        f"/alpha/admin/signalements/{report.id}/statut",
+        data={"csrf_token": token, "status": "resolved", "reply": "Réparé, photo jointe."},
+        files=[("proof", ("apres.jpg", photo_bytes(), "image/jpeg"))],
+    )
+    assert done.status_code == 303
+    with db.read() as session:
+        kinds = [p.kind for p in session.scalars(select(Photo).where(Photo.report_id == report.id))]
+    assert kinds == ["report", "proof"]
+    assert client.get(f"/alpha/signalements/{report.id}").text.count("/photos/") == 2
+    queue = client.get("/alpha/admin/signalements", params={"etat": "tous"})
+    assert 'id="reports-map"' in queue.text and f'"id": {report.id}' in queue.text.replace(
+        "&#34;", '"'
     )
