@@ -21,6 +21,7 @@ from communs.core.i18n import gettext as _
 from communs.core.models import Role
 from communs.core.service import InvalidInput
 from communs.core.settings import Settings, load_settings
+from communs.reports import service as reports
 
 app = typer.Typer(help="Communs: the open platform of the shared smart city.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -216,7 +217,7 @@ def commune_create(
     boundary: Annotated[Path | None, typer.Option(help="GeoJSON file of the boundary.")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Create a commune with the default services."""
+    """Create a commune with the default services and report categories."""
     _settings, db = _open(data_dir)
     try:
         geometry = json.loads(boundary.read_text()) if boundary else None
@@ -229,6 +230,7 @@ def commune_create(
         )
     except (InvalidInput, json.JSONDecodeError, OSError) as error:
         _fail(error)
+    db.write(reports.install_default_categories, commune.id)
     out.print(_("Commune créée : {name} ({slug})").format(name=commune.name, slug=commune.slug))
 
 

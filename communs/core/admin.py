@@ -405,6 +405,8 @@ def delete_service(request: Request, context: CommuneAdmin, service_id: int) -> 
         return redirect(
             request, f"/{context.commune.slug}/admin/", _("Service inconnu."), kind="error"
         )
+    except InvalidInput as error:
+        return redirect(request, f"/{context.commune.slug}/admin/", str(error), kind="error")
     return redirect(request, f"/{context.commune.slug}/admin/", _("Le service est supprimé."))
 
 

@@ -307,7 +307,18 @@ def rename_service(session: Session, commune_id: int, service_id: int, name: str
 
 
 def delete_service(session: Session, commune_id: int, service_id: int) -> None:
+    """Delete a service that nothing uses any more (capabilities refuse to lose their
+    routing: report categories, for one)."""
     session.delete(_service_of(session, commune_id, service_id))
+    try:
+        session.flush()
+    except IntegrityError as error:
+        raise InvalidInput(
+            _l(
+                "Ce service est encore utilisé (catégories de signalements, signalements) : "
+                "rattachez-les à un autre service avant de le supprimer."
+            )
+        ) from error
 
 
 def _service_of(session: Session, commune_id: int, service_id: int) -> Service:

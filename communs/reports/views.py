@@ -836,6 +836,14 @@ async def add_category(request: Request, context: CommuneAdmin) -> Response:
     return await _settings_action(request, context, unit, _("Catégorie ajoutée."))
 
 
+@router.post("/{commune}/admin/signalements/reglages/categories/usuelles")
+async def install_usual_categories(request: Request, context: CommuneAdmin) -> Response:
+    def unit(session: Any, _values: dict[str, str]) -> None:
+        service.install_default_categories(session, context.commune_id)
+
+    return await _settings_action(request, context, unit, _("Catégories usuelles ajoutées."))
+
+
 @router.post("/{commune}/admin/signalements/reglages/categories/{category_id:int}/active")
 async def toggle_category(request: Request, context: CommuneAdmin, category_id: int) -> Response:
     def unit(session: Any, values: dict[str, str]) -> None:

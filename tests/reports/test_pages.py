@@ -502,3 +502,35 @@ def test_resolved_with_a_proof_photo_shown_on_the_report(client, db, town):
     assert 'id="reports-map"' in queue.text and f'"id": {report.id}' in queue.text.replace(
         "&#34;", '"'
     )
+
+
+def test_a_new_commune_admin_adds_the_usual_categories(client, db):
+    commune = make_commune(db, "gamma", "37003")
+    make_agent(db, commune.id, "admin-g@example.org", role="commune_admin")
+    login(client, "admin-g@example.org")
+    page = client.get("/gamma/admin/signalements/reglages")
+    with db.read() as session:
+        assert service.categories(session, commune.id) == []
+    added = client.post(
+        "/gamma/admin/signalements/reglages/categories/usuelles",
+        data={"csrf_token": csrf_from(page.text)},
+    )
+    assert added.status_code == 303
+    with db.read() as session:
+        codes = {c.code for c in service.categories(session, commune.id)}
+    assert codes == {code for _s, code, _g, _n in service.DEFAULT_CATEGORIES}
+
+
+def test_a_service_that_routes_categories_cannot_be_deleted(client, db, town):
+    make_agent(db, town.id, "maire@example.org", role="commune_admin")
+    login(client, "maire@example.org")
+    with db.read() as session:
+        lighting = next(
+            s for s in core.list_services(session, town.id) if s.slug == "eclairage-public"
+        )
+    token = csrf_from(client.get("/alpha/admin/").text)
+    refused = client.post(f"/alpha/admin/services/{lighting.id}/delete", data={"csrf_token": token})
+    assert refused.status_code == 303
+    assert "encore utilisé" in client.get("/alpha/admin/").text
+    with db.read() as session:
+        assert lighting.id in {s.id for s in core.list_services(session, town.id)}
