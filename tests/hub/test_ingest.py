@@ -477,15 +477,20 @@ def test_a_consumer_killed_mid_batch_loses_no_acknowledged_message(
             _wait_for_log(tmp_path / "second" / "server.log", "MQTT ingestion: connected")
             publisher.running.set()
             publisher.join(TIMEOUT * 6)
-            _wait_for(lambda: _stored(engine) >= count, "the redelivery", tmp_path / "second")
+            _wait_for(
+                lambda: not publisher.is_alive() and not _acknowledged_missing(engine, publisher),
+                "the redelivery",
+                tmp_path / "second",
+                details=lambda: _ingest_report(engine, publisher, stored_at_kill),
+            )
         with engine.connect() as connection:
             numbers = connection.execute(text("SELECT number FROM hub_temporal_instances"))
             values = set(numbers.scalars())
     finally:
         publisher.running.set()
         engine.dispose()
-    assert len(publisher.acknowledged) == count
     assert {float(n) for n in publisher.acknowledged} <= values
+    assert len(publisher.acknowledged) == count, "the publisher did not get every PUBACK"
 
 
 class PausingPublisher(threading.Thread):
@@ -539,12 +544,43 @@ def _stored(engine) -> int:
         return connection.execute(text("SELECT count(*) FROM hub_temporal_instances")).scalar_one()
 
 
-def _wait_for(condition: Callable[[], bool], what: str, folder: Path) -> None:
+def _wait_for(
+    condition: Callable[[], bool],
+    what: str,
+    folder: Path,
+    details: Callable[[], str] = lambda: "",
+) -> None:
     deadline = time.monotonic() + 120
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}:\n{log_tail(folder / 'server.log')}")
+            pytest.fail(
+                f"timed out waiting for {what}:\n{details()}\n{log_tail(folder / 'server.log')}"
+            )
         time.sleep(0.01)
+
+
+def _stored_readings(engine) -> set[int]:
+    with engine.connect() as connection:
+        numbers = connection.execute(text("SELECT number FROM hub_temporal_instances"))
+        return {int(n) for n in numbers.scalars() if n is not None}
+
+
+def _acknowledged_missing(engine, publisher: PausingPublisher) -> list[int]:
+    """Readings the broker acknowledged to the publisher and the hub has not stored."""
+    return sorted(set(publisher.acknowledged) - _stored_readings(engine))
+
+
+def _ingest_report(engine, publisher: PausingPublisher, stored_at_kill: int) -> str:
+    """What a failed redelivery leaves: which acknowledged readings are not stored."""
+    stored = _stored_readings(engine)
+    acknowledged = list(publisher.acknowledged)
+    missing = sorted(set(acknowledged) - stored)
+    return (
+        f"stored at the kill: {stored_at_kill}; stored now: {_stored(engine)} rows, "
+        f"{len(stored)} distinct readings; publisher alive: {publisher.is_alive()}, "
+        f"acknowledged by the broker: {len(acknowledged)}; acknowledged and not stored: "
+        f"{len(missing)} (first ones: {missing[:20]})"
+    )
 
 
 def _wait_for_log(path: Path, line: str) -> None:
