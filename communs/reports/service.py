@@ -333,15 +333,14 @@ def create_report(
         raise InvalidInput(
             _l("{limit} photos au plus par signalement.").format(limit=MAX_PHOTOS), field="photos"
         )
+    anonymous_allowed = settings_of(session, commune_id).anonymous_allowed
     anonymous = not email and channel in (Channel.WEB, Channel.OPEN311)
-    if anonymous and not settings_of(session, commune_id).anonymous_allowed:
+    if anonymous and not anonymous_allowed:
         raise InvalidInput(
             _l("Indiquez votre adresse e-mail : la commune n'accepte pas de signalement anonyme."),
             field="email",
         )
-    needs_confirmation = (
-        channel == Channel.WEB and not settings_of(session, commune_id).anonymous_allowed
-    )
+    needs_confirmation = channel == Channel.WEB and not anonymous_allowed
     now = utcnow()
     report = Report(
         confirmed=not needs_confirmation,
@@ -368,8 +367,8 @@ def create_report(
     session.flush()
     for encoded in submission.photos:
         add_photo(session, report, encoded)
-    if email:
-        follow(session, report, email)
+    if email:  # a new report has no follower yet
+        session.add(Follower(report_id=report.id, email=email, unsubscribe_token=new_token()))
     _record(session, report, "created", public=True, actor_user_id=actor_user_id)
     publish_to_hub(session, report, category)
     if needs_confirmation:
@@ -1014,7 +1013,6 @@ def _record(
         created_at=report.updated_at,
     )
     session.add(event)
-    session.flush()
     return event
 
 
@@ -1195,14 +1193,18 @@ def publish_to_hub(session: Session, report: Report, category: Category | None =
         hub.delete_entities(session, report.commune_id, [hub_entity_id(report)])
         return
     category = category or session.get(Category, report.category_id)
-    agency = session.get(Service, report.service_id)
-    commune = session.get(Commune, report.commune_id)
+    names = session.execute(
+        select(Commune.slug, Service.name)
+        .join(Service, Service.commune_id == Commune.id)
+        .where(Commune.id == report.commune_id, Service.id == report.service_id)
+    ).first()
+    slug, agency = names if names is not None else ("", "")
     values: dict[str, Any] = {
         "service_request_id": str(report.id),
-        "jurisdiction_id": commune.slug if commune else "",
+        "jurisdiction_id": slug,
         "service_code": category.code if category else "",
         "service_name": category.name if category else "",
-        "agency_responsible": agency.name if agency else "",
+        "agency_responsible": agency,
         "status": open311_status(report.status),
         "status_notes": report.status_notes,
         "description": report.description,
