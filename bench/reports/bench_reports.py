@@ -35,7 +35,7 @@ from bench_hub import TENANT, communs_server, database  # noqa: E402
 from communs.core import service as core  # noqa: E402
 from communs.core.db import Database, utcnow  # noqa: E402
 from communs.reports import service  # noqa: E402
-from communs.reports.models import CLOSED, Report, Status  # noqa: E402
+from communs.reports.models import CLOSED, OPEN, Report  # noqa: E402
 
 CODES = [code for _service, code, _group, _name in service.DEFAULT_CATEGORIES]
 
@@ -124,13 +124,12 @@ def queries(commune_id: int, pothole_id: int, rng: random.Random) -> dict[str, t
     ids = rng.sample(range(1, 50_000), 20)
     base = select(Report).where(Report.commune_id == commune_id, Report.confirmed.is_(True))
     recent = base.where(Report.requested_at >= now - dt.timedelta(days=90))
-    open_statuses = [s.value for s in Status if s not in CLOSED]
     newest = (Report.requested_at.desc(), Report.id.desc())
     return {
         "default (90 days, 1000)": ({}, recent.order_by(*newest).limit(1000)),
         "status=open&service_code": (
             {"status": "open", "service_code": "nid-de-poule"},
-            recent.where(Report.status.in_(open_statuses), Report.category_id == pothole_id)
+            recent.where(Report.status.in_(OPEN), Report.category_id == pothole_id)
             .order_by(*newest)
             .limit(1000),
         ),

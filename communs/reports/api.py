@@ -10,7 +10,6 @@ offer them: ``page``/``page_size``, ``updated_after``/``updated_before``,
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Annotated, Any
 from xml.etree import ElementTree
@@ -22,12 +21,11 @@ from starlette.responses import Response
 
 from communs.core import auth
 from communs.core.db import utcnow
-from communs.core.i18n import lazy_gettext as _l
 from communs.core.models import Commune
 from communs.core.service import InvalidInput, list_communes
 from communs.core.tenancy import commune_for_jurisdiction
 from communs.reports import photos, service
-from communs.reports.models import CLOSED, Category, Channel, Report, ReportEvent, Status
+from communs.reports.models import CLOSED, OPEN, Category, Channel, Report, ReportEvent, Status
 
 PREFIX = "/open311/v2"
 SPECIFICATION = "http://wiki.open311.org/GeoReport_v2"
@@ -169,12 +167,6 @@ def _positive(params: Any, name: str, default: int, maximum: int) -> int:
     return int(raw)
 
 
-def _w3c(moment: dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
@@ -269,9 +261,9 @@ def request_json(
         "description": report.description,
         "agency_responsible": agency or None,
         "service_notice": (category.notice or None) if category else None,
-        "requested_datetime": _w3c(report.requested_at),
-        "updated_datetime": _w3c(report.updated_at),
-        "expected_datetime": _w3c(report.expected_at),
+        "requested_datetime": service.w3c_time(report.requested_at),
+        "updated_datetime": service.w3c_time(report.updated_at),
+        "expected_datetime": service.w3c_time(report.expected_at),
         "address": report.address or None,
         "address_id": None,
         "zipcode": None,
@@ -290,7 +282,7 @@ def request_json(
                     "status": service.open311_status(event.status),
                     "detailed_status": event.status,
                     "description": event.text or None,
-                    "updated_datetime": _w3c(event.created_at),
+                    "updated_datetime": service.w3c_time(event.created_at),
                 }
                 for event in events
             ],
@@ -349,7 +341,7 @@ def _statuses(raw: str) -> tuple[str, ...]:
     wanted: list[str] = []
     for item in (part.strip() for part in raw.split(",")):
         if item == "open":
-            wanted.extend(status for status in Status if status not in CLOSED)
+            wanted.extend(OPEN)
         elif item == "closed":
             wanted.extend(CLOSED)
         elif item in Status.__members__.values():
@@ -365,7 +357,7 @@ def _requests_body(
     categories = service.categories_by_id(session, commune.id)
     agencies = service.service_names(session, commune.id)
     ids = [report.id for report in reports]
-    photos = service.visible_photo_ids(session, commune.id, ids)
+    photo_ids = service.visible_photo_ids(session, commune.id, ids)
     history = (
         service.public_events(session, commune.id, ids)
         if params.get("extensions") == "true"
@@ -374,7 +366,7 @@ def _requests_body(
     base = _base_url(request)
     bodies = []
     for report in reports:
-        urls = [photo_url(base, commune.slug, report.id, photo) for photo in photos[report.id]]
+        urls = [photo_url(base, commune.slug, report.id, photo) for photo in photo_ids[report.id]]
         body = request_json(
             report,
             categories.get(report.category_id),
@@ -448,7 +440,7 @@ async def post_request(request: Request, commune: Jurisdiction, fmt: str) -> Res
             phone=params.get("phone", ""),
             device_id=params.get("device_id", ""),
             channel=Channel.OPEN311,
-            photos=await read_photos(form.getlist("media")),
+            photos=await photos.read_uploads(form.getlist("media")),
         )
         report = await request.app.state.db.awrite(service.create_report, commune.id, submission)
     except InvalidInput as error:
@@ -460,20 +452,6 @@ async def post_request(request: Request, commune: Jurisdiction, fmt: str) -> Res
         {"service_request_id": str(report.id), "service_notice": notice or None, "account_id": None}
     ]
     return respond(fmt, "service_requests", body, status=201)
-
-
-async def read_photos(uploads: list[Any]) -> list[photos.Encoded]:
-    """Uploaded files, re-encoded off the event loop; at most MAX_PHOTOS are read."""
-    files = [upload for upload in uploads if not isinstance(upload, str) and upload.filename]
-    if len(files) > photos.MAX_PHOTOS:
-        raise InvalidInput(
-            _l("{limit} photos au plus par signalement.").format(limit=photos.MAX_PHOTOS),
-            field="photos",
-        )
-    return [
-        await asyncio.to_thread(photos.reencode, await upload.read(), upload.filename)
-        for upload in files
-    ]
 
 
 def _api_key(request: Request, params: dict[str, str]) -> Any:
@@ -520,7 +498,7 @@ async def request_updates(request: Request, commune: Jurisdiction, fmt: str) -> 
             "status": service.open311_status(event.status),
             "detailed_status": event.status,
             "description": event.text or None,
-            "updated_datetime": _w3c(event.created_at),
+            "updated_datetime": service.w3c_time(event.created_at),
             "media_url": None,
         }
         for event in events

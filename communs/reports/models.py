@@ -36,6 +36,7 @@ class Status(enum.StrEnum):
 
 
 CLOSED = frozenset({Status.RESOLVED, Status.NOT_COMPETENT, Status.DUPLICATE, Status.WONT_FIX})
+OPEN = frozenset(Status) - CLOSED
 
 
 class Channel(enum.StrEnum):

@@ -7,8 +7,10 @@ trailing data. The orientation EXIF carried is applied to the pixels first.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -63,3 +65,20 @@ def reencode(data: bytes, filename: str = "") -> Encoded:
     out = io.BytesIO()
     pixels.save(out, "JPEG", quality=QUALITY, optimize=True)
     return Encoded(out.getvalue(), pixels.width, pixels.height)
+
+
+def check_count(count: int) -> None:
+    if count > MAX_PHOTOS:
+        raise InvalidInput(
+            _l("{limit} photos au plus par signalement.").format(limit=MAX_PHOTOS), field="photos"
+        )
+
+
+async def read_uploads(uploads: list[Any]) -> list[Encoded]:
+    """Uploaded files of a form, re-encoded off the event loop; too many are refused
+    before any is read."""
+    files = [upload for upload in uploads if not isinstance(upload, str) and upload.filename]
+    check_count(len(files))
+    return [
+        await asyncio.to_thread(reencode, await upload.read(), upload.filename) for upload in files
+    ]

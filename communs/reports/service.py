@@ -32,6 +32,7 @@ from communs.core.service import InvalidInput, validate_email, validate_name
 from communs.hub import service as hub
 from communs.hub.context import CORE
 from communs.hub.document import parse_entity
+from communs.reports import photos
 from communs.reports.models import (
     CLOSED,
     Category,
@@ -44,7 +45,7 @@ from communs.reports.models import (
     ReportSettings,
     Status,
 )
-from communs.reports.photos import MAX_PHOTOS, Encoded
+from communs.reports.photos import Encoded
 
 MAX_DESCRIPTION = 4000
 MAX_ANSWER = 2000
@@ -329,10 +330,7 @@ def create_report(
     answers = check_answers(category, submission.answers)
     email = validate_email(submission.email) if submission.email.strip() else ""
     channel = _channel(submission.channel)
-    if len(submission.photos) > MAX_PHOTOS:
-        raise InvalidInput(
-            _l("{limit} photos au plus par signalement.").format(limit=MAX_PHOTOS), field="photos"
-        )
+    photos.check_count(len(submission.photos))
     anonymous_allowed = settings_of(session, commune_id).anonymous_allowed
     anonymous = not email and channel in (Channel.WEB, Channel.OPEN311)
     if anonymous and not anonymous_allowed:
@@ -403,8 +401,7 @@ def confirm_report(session: Session, commune_id: int, report_id: int, token: str
 
 
 def report_path(session: Session, report: Report) -> str:
-    commune = session.get(Commune, report.commune_id)
-    return f"/{commune.slug if commune else ''}/signalements/{report.id}"
+    return f"/{_slug(session, report)}/signalements/{report.id}"
 
 
 def same_secret(expected: str, given: str) -> bool:
@@ -1226,6 +1223,12 @@ def publish_to_hub(session: Session, report: Report, category: Category | None =
     hub.upsert_entities(session, report.commune_id, [parse_entity(entity, CORE)], replace=True)
 
 
-def _datetime_value(moment: dt.datetime) -> dict[str, str]:
-    text = moment.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return {"@type": "DateTime", "@value": text}
+def w3c_time(moment: dt.datetime | None) -> str | None:
+    """A moment as Open311 and the hub write it: UTC, to the second, with a Z."""
+    if moment is None:
+        return None
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _datetime_value(moment: dt.datetime) -> dict[str, str | None]:
+    return {"@type": "DateTime", "@value": w3c_time(moment)}

@@ -26,9 +26,8 @@ from communs.core.i18n import gettext as _
 from communs.core.models import Role
 from communs.core.service import InvalidInput
 from communs.core.web import redirect, render
-from communs.reports import service
-from communs.reports.api import read_photos
-from communs.reports.models import CLOSED, Channel, Report, Status
+from communs.reports import photos, service
+from communs.reports.models import CLOSED, OPEN, Channel, Report, Status
 
 router = APIRouter()
 Public = Annotated[CommuneContext, Depends(commune_public())]
@@ -86,6 +85,16 @@ def status_choices() -> list[tuple[str, str]]:
     return [(status.value, service.status_label(status)) for status in Status]
 
 
+def _statuses_of(state: str) -> tuple[str, ...]:
+    """The statuses of a page's "état" filter; none: every status."""
+    return tuple({"ouverts": OPEN, "clos": CLOSED}.get(state, ()))
+
+
+def _error_context(error: InvalidInput | None) -> dict[str, Any]:
+    """What a form page shows of a refused submission."""
+    return {"error": str(error) if error else None, "error_field": error.field if error else None}
+
+
 def _grouped(categories: list[Any]) -> list[tuple[str, list[Any]]]:
     groups: dict[str, list[Any]] = {}
     for category in categories:
@@ -128,8 +137,7 @@ def _form_page(
             "chosen": chosen,
             "values": values,
             "anonymous": anonymous,
-            "error": str(error) if error else None,
-            "error_field": error.field if error else None,
+            **_error_context(error),
         },
         status_code=400 if error else 200,
     )
@@ -187,7 +195,7 @@ async def submit_report(request: Request, context: Public) -> Response:
             email=values.get("email", ""),
             first_name=values.get("name", ""),
             channel=Channel.WEB,
-            photos=await read_photos(form.getlist("photos")),
+            photos=await photos.read_uploads(form.getlist("photos")),
         )
         report = await request.app.state.db.awrite(
             service.create_report, context.commune_id, submission, base_url=_base(request)
@@ -269,11 +277,7 @@ def report_list(
     periode: str = "90",
 ) -> HTMLResponse:
     days = PERIODS.get(periode, 90)
-    statuses: tuple[str, ...] = ()
-    if etat == "ouverts":
-        statuses = tuple(status for status in Status if status not in CLOSED)
-    elif etat == "clos":
-        statuses = tuple(CLOSED)
+    statuses = _statuses_of(etat)
     wanted = service.ReportFilter(
         category_codes=(categorie,) if categorie else (),
         statuses=statuses,
@@ -313,7 +317,7 @@ def report_page(request: Request, context: Public, report_id: int) -> HTMLRespon
             )
         category = service.categories_by_id(session, context.commune_id)[report.category_id]
         events = service.public_events(session, context.commune_id, [report.id])[report.id]
-        photos = service.visible_photo_ids(session, context.commune_id, [report.id])[report.id]
+        photo_ids = service.visible_photo_ids(session, context.commune_id, [report.id])[report.id]
     return render(
         request,
         "reports/report.html",
@@ -322,7 +326,7 @@ def report_page(request: Request, context: Public, report_id: int) -> HTMLRespon
             "report": report,
             "category": category,
             "events": events,
-            "photos": photos,
+            "photos": photo_ids,
             "status_label": service.status_label,
         },
     )
@@ -465,13 +469,7 @@ def queue(
     request: Request, context: Staff, etat: str = "ouverts", categorie: str = ""
 ) -> HTMLResponse:
     services = handled_services(context)
-    statuses = (
-        tuple(status for status in Status if status not in CLOSED)
-        if etat == "ouverts"
-        else tuple(CLOSED)
-        if etat == "clos"
-        else ()
-    )
+    statuses = _statuses_of(etat)
     wanted = service.ReportFilter(
         category_codes=(categorie,) if categorie else (),
         statuses=statuses,
@@ -509,7 +507,7 @@ def agent_report(request: Request, context: Staff, report_id: int) -> HTMLRespon
         report = _handled(context, service.get_report(session, context.commune_id, report_id))
         events = service.all_events(session, context.commune_id, report.id)
         categories = service.categories_by_id(session, context.commune_id)
-        photos = service.visible_photo_ids(session, context.commune_id, [report.id])[report.id]
+        photo_ids = service.visible_photo_ids(session, context.commune_id, [report.id])[report.id]
         agents = service.commune_agents(session, context.commune_id)
         templates = service.reply_templates(session, context.commune_id)
     return render(
@@ -520,7 +518,7 @@ def agent_report(request: Request, context: Staff, report_id: int) -> HTMLRespon
             "report": report,
             "category": categories[report.category_id],
             "events": events,
-            "photos": photos,
+            "photos": photo_ids,
             "statuses": status_choices(),
             "status_label": service.status_label,
             "categories_list": list(categories.values()),
@@ -535,7 +533,6 @@ async def change_status(request: Request, context: Staff, report_id: int) -> Res
     """A new status with its public reply; "resolved" may carry a proof photo."""
     form = await request.form(max_part_size=request.app.state.settings.upload_max_bytes)
     page = f"/{context.commune.slug}/admin/signalements/{report_id}"
-    user_id = context.principal.user.id if context.principal.user else None
 
     def act(session: Any, proofs: list[Any]) -> None:
         report = _handled(context, service.get_report(session, context.commune_id, report_id))
@@ -547,7 +544,7 @@ async def change_status(request: Request, context: Staff, report_id: int) -> Res
             session,
             report,
             str(form.get("status", "")),
-            actor_user_id=user_id,
+            actor_user_id=_actor(context),
             text=_reply_text(session, context, form),
             expected_at=_date(expected),
             duplicate_of=int(duplicate) if duplicate.isdigit() else None,
@@ -555,7 +552,7 @@ async def change_status(request: Request, context: Staff, report_id: int) -> Res
         )
 
     try:
-        proofs = await read_photos(form.getlist("proof"))
+        proofs = await photos.read_uploads(form.getlist("proof"))
         await request.app.state.db.awrite(act, proofs)
     except InvalidInput as error:
         return redirect(request, page, str(error), kind="error")
@@ -699,7 +696,10 @@ def counter_form(request: Request, context: Staff) -> HTMLResponse:
 
 
 def _counter_page(
-    request: Request, context: CommuneContext, values: dict[str, Any], error: Any = None
+    request: Request,
+    context: CommuneContext,
+    values: dict[str, Any],
+    error: InvalidInput | None = None,
 ) -> HTMLResponse:
     with request.app.state.db.read() as session:
         categories = service.categories(session, context.commune_id)
@@ -715,8 +715,7 @@ def _counter_page(
                 (Channel.COUNTER, _("Accueil (guichet)")),
                 (Channel.EMAIL, _("Courrier électronique")),
             ],
-            "error": str(error) if error else None,
-            "error_field": error.field if error else None,
+            **_error_context(error),
         },
         status_code=400 if error else 200,
     )
@@ -769,7 +768,10 @@ def settings_page(request: Request, context: CommuneAdmin) -> HTMLResponse:
 
 
 def _settings_page(
-    request: Request, context: CommuneContext, values: dict[str, Any], error: Any = None
+    request: Request,
+    context: CommuneContext,
+    values: dict[str, Any],
+    error: InvalidInput | None = None,
 ) -> HTMLResponse:
     with request.app.state.db.read() as session:
         categories = service.categories(session, context.commune_id, active_only=False)
@@ -786,8 +788,7 @@ def _settings_page(
             "service_names": names,
             "anonymous": anonymous,
             "values": values,
-            "error": str(error) if error else None,
-            "error_field": error.field if error else None,
+            **_error_context(error),
         },
         status_code=400 if error else 200,
     )
