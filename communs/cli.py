@@ -115,9 +115,13 @@ def serve(
     out.print(f"Communs {communs.__version__} : http://{host}:{port}/")
     application = create_app(settings, db, run_jobs=True)
     # Objects alive at start-up live for the whole process: keep them out of every
-    # garbage collection, which otherwise adds pauses to request latencies.
+    # garbage collection, which otherwise adds pauses to request latencies. Parsing and
+    # storing a batch of 1,000 entities allocates objects that reference counting frees;
+    # with the default threshold (700) the collector still ran over 40 times per batch
+    # (batch upsert +10 to 15 % with this one, bench/hub/bench_hub.py batch).
     gc.collect()
     gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     uvicorn.run(application, host=host, port=port, log_config=log_config, access_log=False)
 
 
