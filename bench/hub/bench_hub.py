@@ -277,6 +277,11 @@ def bench_batch(args: argparse.Namespace, folder: Path) -> None:
         stored = stored_rows(url)
         same_rows = reference_insert_stored(url, stored, folder)
         documents_only = reference_insert(url, entities)
+        floor = None
+        if not args.database_url:
+            from bench_storage_floor import bare_insert_of_every_row
+
+            floor = bare_insert_of_every_row(folder / "bench.sqlite3", folder)
     rate = total / elapsed
     index_rows = sum(
         len(rows) for name, rows in stored.items() if name != "hub_entities"
@@ -291,6 +296,12 @@ def bench_batch(args: argparse.Namespace, folder: Path) -> None:
         f"same rows: {total} entities + {index_rows} index and history rows, same schema)"
     )
     print(f"  ratio       : {same_rows / elapsed:.2f} of the reference")
+    if floor is not None:
+        print(
+            f"  floor       : {total / floor:9.0f} entities/s (the same rows through the bare "
+            f"sqlite3 driver, prepared tuples, no SQLAlchemy: bench_storage_floor.py; "
+            f"ratio {floor / elapsed:.2f})"
+        )
     print(
         f"  for scale   : {total / documents_only:9.0f} entities/s (raw Core insert of the "
         f"documents alone into a table without indexes; ratio {documents_only / elapsed:.2f})"

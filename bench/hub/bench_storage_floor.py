@@ -148,6 +148,13 @@ def minimal_rows(chunk: Chunk) -> dict[str, tuple[str, list[tuple]]]:
         row = series[series_id]
         return (row["temporal_entity_id"] << 24) | code(row["attribute_iri"] + row["dataset_id"])
 
+    slots: dict[int, int] = {}
+
+    def box_id(entity_pk: int) -> int:
+        """An entity's boxes are numbered from its key: deleted by a range, no table."""
+        slot = slots[entity_pk] = slots.get(entity_pk, -1) + 1
+        return entity_pk * 64 + slot
+
     return {
         "entities": (
             "INSERT INTO entities VALUES (?, ?, ?, ?)",
@@ -181,7 +188,7 @@ def minimal_rows(chunk: Chunk) -> dict[str, tuple[str, list[tuple]]]:
             "INSERT INTO boxes VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 (
-                    r["id"],
+                    box_id(r["entity_pk"]),
                     r["min_lon"],
                     r["max_lon"],
                     r["min_lat"],
@@ -239,6 +246,18 @@ def insert(connection: sqlite3.Connection, chunks: list[dict]) -> float:
             connection.executemany(sql, rows)
         connection.execute("COMMIT")
     return time.perf_counter() - begin
+
+
+def bare_insert_of_every_row(path: Path, folder: Path) -> float:
+    """Seconds to insert every row of the hub database at ``path`` again, into a fresh
+    file with the hub's schema, with the bare driver (``bench_hub.py batch`` reports it)."""
+    tables = bench_hub.indexed_tables(f"sqlite:///{path}")
+    chunks = bench_hub._chunks_by_entity(stored_rows(path, tables), commune_id=1)
+    copy = folder / "floor.sqlite3"
+    connection = connect(copy, hub_schema(copy))
+    elapsed = insert(connection, [hub_rows(chunk, tables) for chunk in chunks])
+    connection.close()
+    return elapsed
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import sqlite3
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Text, bindparam, cast, delete, event, func, literal, null, select
@@ -47,9 +47,8 @@ def from_micros(micros: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
-class Change:
-    """One attribute instance to record."""
+class Change(NamedTuple):
+    """One attribute instance to record (a tuple: thousands are made per batch)."""
 
     entity_id: str
     types: tuple[str, ...]
