@@ -103,7 +103,6 @@ def hub_schema(path: Path) -> Callable[[sqlite3.Connection], None]:
 
 
 MINIMAL_SCHEMA = """
-PRAGMA page_size=16384;
 PRAGMA journal_mode=WAL;
 CREATE TABLE entities (pk INTEGER PRIMARY KEY, commune_id INT, entity_id TEXT, document TEXT,
     UNIQUE (commune_id, entity_id));
@@ -129,7 +128,6 @@ CREATE INDEX instances_series_time ON instances (series_key, observed_at);
 """
 
 DOCUMENTS_SCHEMA = """
-PRAGMA page_size=16384;
 PRAGMA journal_mode=WAL;
 CREATE TABLE hub_entities (pk INTEGER PRIMARY KEY, commune_id INT, entity_id TEXT, document TEXT);
 """

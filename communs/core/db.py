@@ -77,10 +77,6 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
         # Let SQLAlchemy issue BEGIN itself (pysqlite's implicit transactions misbehave).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # Set before the file's first table (it has no effect later): 16 KiB pages make
-        # index-heavy writes cheaper, fewer pages per commit (bench_storage_floor.py:
-        # every row of a batch upsert 17k → 24k entities/s; PATCH no slower).
-        cursor.execute("PRAGMA page_size=16384")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
