@@ -92,7 +92,7 @@ def load_principal(request: Request) -> Principal:
     principal = Principal()
     bearer = _bearer(request)
     if bearer is not None:
-        key = _api_keys.get_or_load(token_hash(bearer), lambda: _read_api_key(db, bearer))
+        key = api_key(request, bearer)
         if key is None:
             raise LoginRequired("invalid API key")
         principal.api_key = key
@@ -114,8 +114,8 @@ def load_principal(request: Request) -> Principal:
 
 
 def api_key(request: Request, secret: str) -> ApiKey | None:
-    """The live API key of ``secret`` (remembered like bearer keys), for protocols that
-    pass the key as a parameter (Open311's ``api_key``)."""
+    """The live API key of ``secret``, remembered for a while: a bearer token, or a key
+    that a protocol passes as a parameter (Open311's ``api_key``)."""
     db = request.app.state.db
     return _api_keys.get_or_load(token_hash(secret), lambda: _read_api_key(db, secret))
 

@@ -508,23 +508,30 @@ def database_period(query: TemporalQuery) -> int | None | bool:
 
 
 def render_number_aggregates(
-    series: list[SeriesFigures], query: TemporalQuery
+    series: list[SeriesFigures], query: TemporalQuery, *, periodic: bool
 ) -> list[dict[str, Any]] | dict[str, Any]:
     """The aggregatedValues of one attribute from the database's figures (numbers
-    only, so every series is a Property); the same output as aggregating instances."""
+    only, so every series is a Property); the same output as aggregating instances.
+    ``periodic``: the figures are per ``aggrPeriodDuration`` (else one over the range)."""
     series = sorted(series, key=lambda one: (one.periods[0].first, one.dataset_id))
     start, end = query.bounds()
-    origin = start or _moment(min(one.periods[0].first for one in series))
-    inclusive = end is None
-    if inclusive:
-        end = _moment(max(one.periods[-1].last for one in series))
-    period = query.aggr_period if database_period(query) else None
+    window = (
+        start or _moment(min(one.periods[0].first for one in series)),
+        end or _moment(max(one.periods[-1].last for one in series)),
+        end is None,
+    )
+
+    def bounds(index: int) -> list[str]:
+        if not periodic:
+            return [format_time(window[0]), format_time(window[1])]
+        return [format_time(moment) for moment in _bucket_bounds(window, query.aggr_period, index)]
+
     rendered = []
     for one in series:
         out: dict[str, Any] = {"type": "Property"}
         if one.dataset_id:
             out["datasetId"] = one.dataset_id
-        limits = [_limits(origin, end, inclusive, period, f.index) for f in one.periods]
+        limits = [bounds(figures.index) for figures in one.periods]
         for method in query.aggr_methods:
             out[method] = [
                 [_figure(method, figures), *limit]
@@ -536,17 +543,6 @@ def render_number_aggregates(
 
 def _moment(micros: int) -> dt.datetime:
     return EPOCH + dt.timedelta(microseconds=micros)
-
-
-def _limits(
-    origin: dt.datetime, end: dt.datetime, inclusive: bool, period: Period | None, index: int
-) -> tuple[str, str]:
-    if period is None:
-        return format_time(origin), format_time(end)
-    period_end = _shift(origin, period, index + 1)
-    if not inclusive:
-        period_end = min(period_end, end)
-    return format_time(_shift(origin, period, index)), format_time(period_end)
 
 
 def _figure(method: str, figures: PeriodFigures) -> int | float | None:
@@ -577,11 +573,19 @@ def _buckets(
         values.setdefault(_bucket_index(origin, period, moment), []).append(_value(instance))
     buckets = []
     for index, bucket_values in values.items():
-        bucket_end = _shift(origin, period, index + 1)
-        if not inclusive:
-            bucket_end = min(bucket_end, end)
-        buckets.append((_shift(origin, period, index), bucket_end, bucket_values))
+        buckets.append((*_bucket_bounds(window, period, index), bucket_values))
     return buckets
+
+
+def _bucket_bounds(
+    window: tuple[dt.datetime, dt.datetime, bool], period: Period, index: int
+) -> tuple[dt.datetime, dt.datetime]:
+    """Start and end of period number ``index`` (the last one ends with the range)."""
+    origin, end, inclusive = window
+    bucket_end = _shift(origin, period, index + 1)
+    if not inclusive:
+        bucket_end = min(bucket_end, end)
+    return _shift(origin, period, index), bucket_end
 
 
 def _shift(origin: dt.datetime, period: Period, count: int) -> dt.datetime:

@@ -308,7 +308,9 @@ def _number_aggregates(
     for entity in entities:
         body = _temporal_head(entity, terms)
         for iri, series in figures[entity.id].items():
-            body[terms.compact(iri)] = render_number_aggregates(series, query)
+            body[terms.compact(iri)] = render_number_aggregates(
+                series, query, periodic=period is not None
+            )
         bodies.append(body)
     return bodies
 
